@@ -1,0 +1,74 @@
+"""Keras layers for one MBConv block and the squeeze-and-excitation unit.
+
+The numerics that decide weight parity with the reference live here and nowhere else: TF "same"
+padding (asymmetric for stride 2), batch norm momentum 0.99 / epsilon 1e-3, swish, and the
+reference's initializers. Written with keras.layers only, so it runs on TensorFlow and JAX.
+"""
+
+import keras
+
+BATCH_NORM_MOMENTUM = 0.99
+BATCH_NORM_EPSILON = 1e-3
+
+# N(0, sqrt(2 / fan_out)), not truncated (reference `conv_kernel_initializer`). Keras' fan_out of a
+# [kh, kw, in, out] kernel is kh*kw*out, and of a depthwise [k, k, C, 1] kernel k*k, as there.
+CONV_KERNEL_INITIALIZER = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 2.0, "mode": "fan_out", "distribution": "untruncated_normal"},
+}
+# U(-1/sqrt(units), 1/sqrt(units)) (reference `dense_kernel_initializer`).
+DENSE_KERNEL_INITIALIZER = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 1.0 / 3.0, "mode": "fan_out", "distribution": "uniform"},
+}
+
+
+def conv_bn(x, filters, kernel_size, strides, name, *, activation=True, depthwise=False):
+  """Conv (no bias) -> batch norm -> optional swish, named `{name}conv|bn|activation` style."""
+  conv_name, bn_name, act_name = name
+  if depthwise:
+    x = keras.layers.DepthwiseConv2D(
+        kernel_size, strides=strides, padding="same", use_bias=False,
+        depthwise_initializer=CONV_KERNEL_INITIALIZER, name=conv_name)(x)
+  else:
+    x = keras.layers.Conv2D(
+        filters, kernel_size, strides=strides, padding="same", use_bias=False,
+        kernel_initializer=CONV_KERNEL_INITIALIZER, name=conv_name)(x)
+  x = keras.layers.BatchNormalization(
+      momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON, name=bn_name)(x)
+  if activation:
+    x = keras.layers.Activation("swish", name=act_name)(x)
+  return x
+
+
+def squeeze_excite(x, filters_se, filters_expanded, prefix):
+  s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=prefix + "se_squeeze")(x)
+  s = keras.layers.Conv2D(filters_se, 1, activation="swish",
+                          kernel_initializer=CONV_KERNEL_INITIALIZER,
+                          name=prefix + "se_reduce")(s)
+  s = keras.layers.Conv2D(filters_expanded, 1, activation="sigmoid",
+                          kernel_initializer=CONV_KERNEL_INITIALIZER,
+                          name=prefix + "se_expand")(s)
+  return keras.layers.Multiply(name=prefix + "se_excite")([x, s])
+
+
+def mbconv_block(inputs, args):
+  """One inverted-residual block from finished BlockArgs (see spec.expand_blocks)."""
+  p = args.name
+  x = inputs
+  if args.expand_ratio != 1:
+    x = conv_bn(x, args.filters_expanded, 1, 1,
+                (p + "expand_conv", p + "expand_bn", p + "expand_activation"))
+  x = conv_bn(x, None, args.kernel_size, args.strides,
+              (p + "dwconv", p + "bn", p + "activation"), depthwise=True)
+  if 0 < args.se_ratio <= 1:
+    x = squeeze_excite(x, args.filters_se, args.filters_expanded, p)
+  x = conv_bn(x, args.filters_out, 1, 1, (p + "project_conv", p + "project_bn", None),
+              activation=False)
+  if not args.has_identity_skip:
+    return x
+  if args.drop_rate > 0:
+    # Stochastic depth: one Bernoulli(survival) draw per example, kept paths scaled by 1/survival,
+    # identity at inference. Dropout with a per-example noise shape is exactly that.
+    x = keras.layers.Dropout(args.drop_rate, noise_shape=(None, 1, 1, 1), name=p + "drop")(x)
+  return keras.layers.Add(name=p + "add")([x, inputs])
