@@ -30,9 +30,6 @@ _TOP_MAP = {
     "top_conv": "head/conv2d", "top_bn": "head/tpu_batch_normalization",
     "predictions": "head/dense",
 }
-# Keras 3 calls the depthwise kernel "kernel"; TF1 called it "depthwise_kernel".
-_WEIGHT_NAME = {"kernel": "kernel", "bias": "bias", "gamma": "gamma", "beta": "beta",
-                "moving_mean": "moving_mean", "moving_variance": "moving_variance"}
 
 
 def reference_names(model, scope):
@@ -57,9 +54,9 @@ def reference_names(model, scope):
         raise ValueError(f"No reference name for layer {layer.name!r}")
     for weight in layer.weights:
       leaf = weight.path.rsplit("/", 1)[-1]
-      if "depthwise_conv2d" in ref_layer and leaf == "kernel":
-        leaf = "depthwise_kernel"
-      names[weight.path] = f"{scope}/{ref_layer}/{_WEIGHT_NAME[leaf]}"
+      if ref_layer.endswith("depthwise_conv2d") and leaf == "kernel":
+        leaf = "depthwise_kernel"  # Keras 3's name for it is "kernel"; TF1's was not.
+      names[weight.path] = f"{scope}/{ref_layer}/{leaf}"
   return names
 
 

@@ -1,0 +1,38 @@
+"""One place that turns --strategy into a tf.distribute strategy; every phase runs under it."""
+
+import logging
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu")
+
+
+def build_strategy(name="auto", tpu=None):
+  """Returns a tf.distribute.Strategy.
+
+  auto: TPU when `tpu` is given, MirroredStrategy over all GPUs when there are several, else the
+  default strategy on the one device there is. multi_worker reads the cluster from TF_CONFIG.
+  """
+  if name not in STRATEGIES:
+    raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
+  gpus = tf.config.list_logical_devices("GPU")
+  if name == "auto":
+    name = "tpu" if tpu else ("mirrored" if len(gpus) > 1 else ("gpu" if gpus else "cpu"))
+  if name == "tpu":
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    strategy = tf.distribute.TPUStrategy(resolver)
+  elif name == "mirrored":
+    strategy = tf.distribute.MirroredStrategy()
+  elif name == "multi_worker":
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+  elif name == "gpu":
+    if not gpus:
+      raise ValueError("--strategy=gpu but TensorFlow sees no GPU")
+    strategy = tf.distribute.OneDeviceStrategy(gpus[0].name)
+  else:
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+  logging.info("Strategy %s with %d replica(s)", type(strategy).__name__,
+               strategy.num_replicas_in_sync)
+  return strategy
