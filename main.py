@@ -1,0 +1,323 @@
+"""Noisy Student training: `python main.py --mode=convert|train|finetune|predict|filter|eval|iterate`.
+
+The only module that reads flags: each mode turns them into arguments of one phase function
+(noisy_student/, data/). Every flag is documented in flags.md; `--flagfile=recipes/<name>.flags`
+loads a recipe.
+"""
+
+import dataclasses
+import json
+import logging as std_logging
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from efficientnet import spec  # noqa: E402  (pure Python: no TensorFlow import here)
+
+MODES = ("convert", "train", "finetune", "predict", "filter", "eval", "iterate")
+SOURCES = ("folder", "idx", "svhn_mat", "npz", "tfds")
+ROBUSTNESS = ("corruptions", "perturbations", "fgsm")
+DEFAULT_DATA = "workdir/fashion_mnist"
+
+FLAGS = flags.FLAGS
+
+# Common.
+flags.DEFINE_enum("mode", "iterate", MODES, "What to run.")
+flags.DEFINE_string("workdir", "workdir/demo", "Directory for everything a run writes.")
+flags.DEFINE_enum("model", "efficientnet-b0", list(spec.VARIANTS), "EfficientNet variant.")
+flags.DEFINE_integer("image_size", None, "Input resolution (default: the variant's, 32 with "
+                     "--small_image).", lower_bound=8)
+flags.DEFINE_bool("small_image", False, "The reference's 32x32 model and preprocessing.")
+flags.DEFINE_float("width_coefficient", None, "Override the variant's width scaling.",
+                   lower_bound=0.01)
+flags.DEFINE_float("depth_coefficient", None, "Override the variant's depth scaling.",
+                   lower_bound=0.01)
+flags.DEFINE_integer("num_classes", None, "Classes (default: from the labeled data's manifest).",
+                     lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Seeds every random choice.", lower_bound=0)
+flags.DEFINE_enum("strategy", "auto", ["auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu"],
+                  "tf.distribute strategy.")
+flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu/auto.")
+flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"],
+                  "Compute dtype (weights and logits stay float32).")
+flags.DEFINE_integer("batch_size", 128, "Labeled images per training batch; images per "
+                     "inference batch in predict and eval.", lower_bound=1)
+
+# Data.
+flags.DEFINE_string("labeled_data", f"{DEFAULT_DATA}/labeled", "Labeled shards: a convert "
+                    "output directory or a glob.")
+flags.DEFINE_string("unlabeled_data", f"{DEFAULT_DATA}/unlabeled", "Unlabeled shards.")
+flags.DEFINE_string("eval_data", f"{DEFAULT_DATA}/test", "Evaluation shards.")
+flags.DEFINE_string("pseudo_labeled_data", None, "Filter output for a student (train mode).")
+flags.DEFINE_enum("normalization", "manifest", ["manifest", "imagenet", "svhn"],
+                  "Mean/std: measured by the converter (manifest) or the reference's constants.")
+
+# convert.
+flags.DEFINE_enum("source", "idx", SOURCES, "convert: input format.")
+flags.DEFINE_string("input", "/usr/share/datasets/fashion-mnist", "convert: input path.")
+flags.DEFINE_string("output", None, "convert/predict/filter: output directory.")
+flags.DEFINE_string("split", "train", "convert: split name (for idx also train or t10k).")
+flags.DEFINE_integer("num_shards", 4, "convert/filter: number of output shards.", lower_bound=1)
+flags.DEFINE_bool("unlabeled", False, "convert: drop the labels.")
+flags.DEFINE_integer("limit", None, "convert: only the first N images.", lower_bound=1)
+
+# train / finetune.
+flags.DEFINE_float("epochs", None, "Training length in epochs of the labeled data.",
+                   lower_bound=0)
+flags.DEFINE_integer("train_steps", None, "Training length in steps (instead of --epochs).",
+                     lower_bound=1)
+flags.DEFINE_float("unlabeled_batch_ratio", 1.0, "Pseudo-labeled rows per labeled row in a "
+                   "student batch.", lower_bound=0)
+flags.DEFINE_enum("pseudo_labels", "soft", ["soft", "hard"], "Train on the teacher's soft "
+                  "distribution or its one-hot argmax (with label smoothing).")
+flags.DEFINE_string("init_checkpoint", None, "Warm start: a train workdir or .keras file (or a "
+                    "reference checkpoint with --checkpoint_format=reference).")
+flags.DEFINE_integer("randaugment_layers", 0, "RandAugment N (0: off).", lower_bound=0)
+flags.DEFINE_float("randaugment_magnitude", 0.0, "RandAugment M (0-30).", lower_bound=0)
+flags.DEFINE_bool("cutout", False, "Cutout after RandAugment (the small-image recipe).")
+flags.DEFINE_bool("flip", True, "Random horizontal flips (off for digits).")
+flags.DEFINE_float("dropout_rate", None, "Dropout before the classifier (default: variant's).",
+                   lower_bound=0, upper_bound=0.99)
+flags.DEFINE_float("survival_prob", None, "Stochastic depth survival of the last block "
+                   "(default 0.8; 1 turns it off).", lower_bound=0.01, upper_bound=1)
+flags.DEFINE_float("base_learning_rate", 0.016, "Learning rate per 256 labeled images.",
+                   lower_bound=0)
+flags.DEFINE_float("final_learning_rate", None, "Decay to this rate per 256 images by the end "
+                   "instead of every --lr_decay_epochs.", lower_bound=0)
+flags.DEFINE_float("warmup_epochs", 5.0, "Linear warm-up epochs.", lower_bound=0)
+flags.DEFINE_float("lr_decay_epochs", 2.4, "Epochs per exponential decay step.", lower_bound=0.01)
+flags.DEFINE_float("lr_decay_factor", 0.97, "Exponential decay factor.", lower_bound=0,
+                   upper_bound=1)
+flags.DEFINE_float("weight_decay", 1e-5, "L2 on all non-batch-norm weights (TF1 l2_loss).",
+                   lower_bound=0)
+flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing of labeled (and hard) targets.",
+                   lower_bound=0, upper_bound=1)
+flags.DEFINE_float("ema_decay", 0.9999, "Weight EMA decay (0 turns it off).", lower_bound=0,
+                   upper_bound=0.999999)
+flags.DEFINE_integer("freeze_blocks", 0, "finetune: freeze the stem and the first N blocks.",
+                     lower_bound=0)
+
+# predict / eval.
+flags.DEFINE_string("checkpoint", None, "predict/eval: a train workdir or .keras file, or a "
+                    "tensorflow/tpu checkpoint with --checkpoint_format=reference.")
+flags.DEFINE_enum("checkpoint_format", "keras", ["keras", "reference"], "--checkpoint kind.")
+flags.DEFINE_float("temperature", 1.0, "predict: soft labels are softmax(logits / T).",
+                   lower_bound=1e-3)
+flags.DEFINE_integer("top_k", None, "predict: store only the k largest probabilities (float16).",
+                     lower_bound=1)
+flags.DEFINE_integer("num_workers", 1, "predict: machines sharing the shards.", lower_bound=1)
+flags.DEFINE_integer("worker_index", 0, "predict: this machine's index.", lower_bound=0)
+
+# filter.
+flags.DEFINE_string("predictions", None, "filter: predict's output directory.")
+flags.DEFINE_float("confidence_threshold", 0.3, "filter: keep confidence >= this.",
+                   lower_bound=0, upper_bound=1)
+flags.DEFINE_integer("images_per_class", 130000, "filter: per-class target N.", lower_bound=1)
+flags.DEFINE_bool("balance", True, "filter: keep the N most confident per class (off: keep all "
+                  "above the threshold).")
+flags.DEFINE_bool("duplicate_to_balance", True, "filter: fill short classes to N by copies.")
+
+# eval robustness.
+flags.DEFINE_list("robustness", [], f"eval: any of {', '.join(ROBUSTNESS)}.")
+flags.DEFINE_string("robustness_baseline", None, "eval: a robustness.json whose corruption "
+                    "errors normalise mCE (e.g. the teacher's).")
+flags.DEFINE_list("fgsm_epsilons", ["1", "2", "4", "8"], "eval: FGSM epsilons, 0-255 scale.")
+
+# iterate.
+flags.DEFINE_integer("iterations", 1, "iterate: teacher -> student rounds.", lower_bound=1)
+flags.DEFINE_list("student_models", [], "iterate: student variant per round (default: --model "
+                  "every round); each equal or larger than the last.")
+flags.DEFINE_float("teacher_epochs", None, "iterate: teacher length (default --epochs).",
+                   lower_bound=0)
+
+
+@flags.validator("robustness", message=f"--robustness takes {', '.join(ROBUSTNESS)}")
+def _check_robustness(value):
+  return all(v in ROBUSTNESS for v in value)
+
+
+@flags.validator("student_models", message=f"--student_models takes {', '.join(spec.VARIANTS)}")
+def _check_students(value):
+  return all(v in spec.VARIANTS for v in value)
+
+
+@flags.validator("fgsm_epsilons", message="--fgsm_epsilons takes non-negative numbers")
+def _check_epsilons(value):
+  try:
+    return all(float(v) >= 0 for v in value)
+  except ValueError:
+    return False
+
+
+flags.register_multi_flags_validator(
+    ["epochs", "train_steps"], lambda f: f["epochs"] is None or f["train_steps"] is None,
+    message="give --epochs or --train_steps, not both")
+flags.register_multi_flags_validator(
+    ["num_workers", "worker_index"], lambda f: f["worker_index"] < f["num_workers"],
+    message="--worker_index must be below --num_workers")
+
+
+def train_config(**overrides):
+  from noisy_student import train  # pylint: disable=g-import-not-at-top
+  epochs, steps = FLAGS.epochs, FLAGS.train_steps
+  if epochs is None and steps is None:
+    raise app.UsageError("train needs --epochs or --train_steps")
+  values = dict(
+      model=FLAGS.model, image_size=FLAGS.image_size, small_image=FLAGS.small_image,
+      width_coefficient=FLAGS.width_coefficient, depth_coefficient=FLAGS.depth_coefficient,
+      dropout_rate=FLAGS.dropout_rate, survival_prob=FLAGS.survival_prob,
+      num_classes=FLAGS.num_classes, batch_size=FLAGS.batch_size,
+      unlabeled_batch_ratio=FLAGS.unlabeled_batch_ratio, pseudo_labels=FLAGS.pseudo_labels,
+      epochs=epochs, train_steps=steps, base_learning_rate=FLAGS.base_learning_rate,
+      final_learning_rate=FLAGS.final_learning_rate, warmup_epochs=FLAGS.warmup_epochs,
+      lr_decay_epochs=FLAGS.lr_decay_epochs, lr_decay_factor=FLAGS.lr_decay_factor,
+      weight_decay=FLAGS.weight_decay, label_smoothing=FLAGS.label_smoothing,
+      ema_decay=FLAGS.ema_decay or None, randaugment_layers=FLAGS.randaugment_layers,
+      randaugment_magnitude=FLAGS.randaugment_magnitude, cutout=FLAGS.cutout, flip=FLAGS.flip,
+      normalization=FLAGS.normalization, freeze_blocks=FLAGS.freeze_blocks,
+      mixed_precision=FLAGS.mixed_precision, seed=FLAGS.seed)
+  values.update(overrides)
+  return train.TrainConfig(**values)
+
+
+def _strategy():
+  from noisy_student import distribute  # pylint: disable=g-import-not-at-top
+  return distribute.build_strategy(FLAGS.strategy, FLAGS.tpu)
+
+
+def _print(result):
+  print(json.dumps(result, indent=1, default=str))
+
+
+def run_convert():
+  from data import convert  # pylint: disable=g-import-not-at-top
+  if not FLAGS.output:
+    raise app.UsageError("convert needs --output")
+  manifest = convert.convert(FLAGS.source, FLAGS.input, FLAGS.output, split=FLAGS.split,
+                             num_shards=FLAGS.num_shards, unlabeled=FLAGS.unlabeled,
+                             seed=FLAGS.seed, limit=FLAGS.limit)
+  _print({"output": FLAGS.output, "splits": {k: v["num_examples"]
+                                             for k, v in manifest["splits"].items()}})
+
+
+def run_train(finetune=False):
+  from noisy_student import train  # pylint: disable=g-import-not-at-top
+  config = train_config()
+  if finetune and config.randaugment_layers:
+    logging.warning("finetune with RandAugment: the FixRes step uses unaugmented images")
+  result = train.train(config, FLAGS.labeled_data, FLAGS.workdir,
+                       pseudo_labeled_data=FLAGS.pseudo_labeled_data, eval_data=FLAGS.eval_data,
+                       init_checkpoint=FLAGS.init_checkpoint,
+                       init_checkpoint_format=FLAGS.checkpoint_format, strategy=_strategy())
+  _print({"workdir": FLAGS.workdir, "eval": result.get("eval", {}).get("top1")})
+
+
+def _model_for(checkpoint, num_classes=None):
+  from noisy_student import checkpoints  # pylint: disable=g-import-not-at-top
+  if not checkpoint:
+    raise app.UsageError(f"--mode={FLAGS.mode} needs --checkpoint")
+  model_args = dict(variant=FLAGS.model, image_size=FLAGS.image_size,
+                    small_image=FLAGS.small_image, width_coefficient=FLAGS.width_coefficient,
+                    depth_coefficient=FLAGS.depth_coefficient)
+  return checkpoints.load_model(checkpoint, checkpoint_format=FLAGS.checkpoint_format,
+                                model_args=model_args, num_classes=num_classes)
+
+
+def _preprocess_for(checkpoint):
+  """Eval preprocessing the checkpoint was trained with (size, normalisation) unless overridden."""
+  from data import preprocess  # pylint: disable=g-import-not-at-top
+  from noisy_student import checkpoints  # pylint: disable=g-import-not-at-top
+  run = checkpoints.load_run_config(checkpoint) if FLAGS.checkpoint_format == "keras" else None
+  if run is not None:
+    size = FLAGS.image_size or run["image_size"]
+    small = run["config"]["small_image"]
+    mean, std = run["mean"], run["std"]
+  else:
+    size = FLAGS.image_size or (32 if FLAGS.small_image else spec.VARIANTS[FLAGS.model].resolution)
+    small = FLAGS.small_image
+    mean, std = preprocess.NORMALIZATIONS["imagenet" if FLAGS.normalization == "manifest"
+                                          else FLAGS.normalization]
+  return preprocess.PreprocessConfig(image_size=size, small_image=small, mean=tuple(mean),
+                                     std=tuple(std))
+
+
+def run_predict():
+  from noisy_student import predict  # pylint: disable=g-import-not-at-top
+  if not FLAGS.output:
+    raise app.UsageError("predict needs --output")
+  config = predict.PredictConfig(temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+                                 batch_size=FLAGS.batch_size, num_workers=FLAGS.num_workers,
+                                 worker_index=FLAGS.worker_index)
+  model = _model_for(FLAGS.checkpoint)
+  summary = predict.predict_phase(model, FLAGS.unlabeled_data, FLAGS.output,
+                                  _preprocess_for(FLAGS.checkpoint), config)
+  _print({k: summary[k] for k in ("images", "images_per_second")})
+
+
+def run_filter():
+  from noisy_student import filter_phase  # pylint: disable=g-import-not-at-top
+  if not (FLAGS.predictions and FLAGS.output):
+    raise app.UsageError("filter needs --predictions and --output")
+  stats = filter_phase.filter_and_balance_phase(
+      FLAGS.predictions, FLAGS.unlabeled_data, FLAGS.output,
+      threshold=FLAGS.confidence_threshold,
+      images_per_class=FLAGS.images_per_class if FLAGS.balance else None,
+      duplicate=FLAGS.duplicate_to_balance, num_shards=FLAGS.num_shards, seed=FLAGS.seed)
+  _print({k: v for k, v in stats.items() if not isinstance(v, (list, dict))})
+
+
+def run_eval():
+  from data import pipeline  # pylint: disable=g-import-not-at-top
+  from noisy_student import evaluate  # pylint: disable=g-import-not-at-top
+  model = _model_for(FLAGS.checkpoint)
+  prep = _preprocess_for(FLAGS.checkpoint)
+  dataset = pipeline.eval_dataset(FLAGS.eval_data, prep, batch_size=FLAGS.batch_size)
+  metrics = evaluate.evaluate(model, dataset)
+  output = FLAGS.output or FLAGS.workdir
+  evaluate.save_metrics(metrics, output)
+  if FLAGS.robustness:
+    from noisy_student import robustness  # pylint: disable=g-import-not-at-top
+    metrics["robustness"] = robustness.run_robustness_eval(
+        model, FLAGS.eval_data, prep, output, kinds=FLAGS.robustness,
+        baseline=FLAGS.robustness_baseline,
+        epsilons=[float(e) for e in FLAGS.fgsm_epsilons], batch_size=FLAGS.batch_size,
+        seed=FLAGS.seed)
+  _print({k: metrics[k] for k in ("top1", "top5", "loss", "num_examples")})
+
+
+def run_iterate():
+  from noisy_student import iterate  # pylint: disable=g-import-not-at-top
+  students = FLAGS.student_models or [FLAGS.model] * FLAGS.iterations
+  if len(students) != FLAGS.iterations:
+    raise app.UsageError(f"--student_models lists {len(students)} models for "
+                         f"--iterations={FLAGS.iterations}")
+  teacher = (train_config(epochs=FLAGS.teacher_epochs, train_steps=None)
+             if FLAGS.teacher_epochs else train_config())
+  summary = iterate.iterate(
+      teacher, students, FLAGS.workdir, labeled_data=FLAGS.labeled_data,
+      unlabeled_data=FLAGS.unlabeled_data, eval_data=FLAGS.eval_data,
+      filter_args=dict(threshold=FLAGS.confidence_threshold,
+                       images_per_class=FLAGS.images_per_class if FLAGS.balance else None,
+                       duplicate=FLAGS.duplicate_to_balance, seed=FLAGS.seed),
+      temperature=FLAGS.temperature, strategy=_strategy())
+  _print(summary["table"])
+
+
+_MODES = {"convert": run_convert, "train": run_train, "finetune": lambda: run_train(True),
+          "predict": run_predict, "filter": run_filter, "eval": run_eval,
+          "iterate": run_iterate}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
+  _MODES[FLAGS.mode]()
+
+
+if __name__ == "__main__":
+  app.run(main)

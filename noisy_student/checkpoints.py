@@ -1,0 +1,86 @@
+"""Finding and loading the model a phase should use: one restore path for predict, eval, train."""
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+import efficientnet
+
+FINAL_MODEL = "model.keras"      # a train run's final model, EMA weights
+RUN_CONFIG = "train_config.json"  # what a train run was asked to do
+
+
+def resolve_model_file(checkpoint):
+  """`checkpoint` is a train run's workdir (its final EMA model) or a `.keras` file."""
+  if tf.io.gfile.isdir(checkpoint):
+    path = os.path.join(checkpoint, FINAL_MODEL)
+    if not tf.io.gfile.exists(path):
+      raise FileNotFoundError(
+          f"--checkpoint {checkpoint!r} is a directory without {FINAL_MODEL}: not a finished "
+          "train run (an interrupted one resumes when its train command is run again)")
+    return path
+  if not tf.io.gfile.exists(checkpoint):
+    raise FileNotFoundError(f"--checkpoint {checkpoint!r} does not exist")
+  if not checkpoint.endswith(".keras"):
+    raise ValueError(f"--checkpoint {checkpoint!r} is neither a train workdir nor a .keras file; "
+                     "for a tensorflow/tpu TF1 checkpoint pass --checkpoint_format=reference")
+  return checkpoint
+
+
+def load_model(checkpoint, *, checkpoint_format="keras", model_args=None, num_classes=None):
+  """Loads the model to run.
+
+  Args:
+    checkpoint: see `resolve_model_file`; for checkpoint_format="reference", a TF1 checkpoint
+      prefix or directory of tensorflow/tpu's EfficientNet (the released Noisy Student ones).
+    checkpoint_format: "keras" or "reference".
+    model_args: build_model keyword arguments (variant, image_size, ...) for "reference".
+    num_classes: when given, the loaded model must have exactly this many classes.
+  """
+  if checkpoint_format == "reference":
+    args = dict(model_args or {})
+    model = efficientnet.build_model(args.pop("variant"), num_classes or 1000, **args)
+    efficientnet.load_reference_checkpoint(model, checkpoint, use_ema=True)
+  elif checkpoint_format == "keras":
+    path = resolve_model_file(checkpoint)
+    model = keras.models.load_model(path, compile=False)
+  else:
+    raise ValueError(f"checkpoint_format must be 'keras' or 'reference', got {checkpoint_format!r}")
+  check_classes(model, num_classes, checkpoint)
+  return model
+
+
+def model_classes(model):
+  return int(model.output.shape[-1])
+
+
+def check_classes(model, num_classes, checkpoint):
+  if num_classes is not None and model_classes(model) != num_classes:
+    raise ValueError(f"checkpoint {checkpoint!r} has {model_classes(model)} classes but the data "
+                     f"has {num_classes}")
+
+
+def load_run_config(checkpoint):
+  """The train_config.json beside a train run's model, or None."""
+  directory = checkpoint if tf.io.gfile.isdir(checkpoint) else os.path.dirname(checkpoint)
+  path = os.path.join(directory, RUN_CONFIG)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def save_model_atomically(model, path):
+  """Saves the architecture and weights only (no optimizer state) as a .keras file.
+
+  Keras writes .keras files in place; a temporary sibling then a rename keeps half-written
+  models from ever carrying the final name.
+  """
+  bare = type(model).from_config(model.get_config())
+  bare.set_weights(model.get_weights())
+  directory, name = os.path.split(path)
+  tmp = os.path.join(directory, f".tmp-{name}")
+  bare.save(tmp)
+  tf.io.gfile.rename(tmp, path, overwrite=True)

@@ -1,0 +1,120 @@
+"""The iterate mode: teacher -> (predict -> filter -> student -> eval) x K, resumable.
+
+Each phase writes under `<workdir>/iter_<k>/<phase>/` and marks itself done with a `DONE` file
+written last; a rerun skips done phases and resumes the interrupted one (predict skips finished
+shards, train resumes from its BackupAndRestore backup).
+"""
+
+import dataclasses
+import json
+import logging
+import os
+
+import tensorflow as tf
+
+import efficientnet
+from data import pipeline
+from data import records
+from noisy_student import checkpoints
+from noisy_student import evaluate
+from noisy_student import filter_phase
+from noisy_student import predict
+from noisy_student import train
+
+DONE = "DONE"
+
+
+def _done(directory):
+  return tf.io.gfile.exists(os.path.join(directory, DONE))
+
+
+def _mark_done(directory, result):
+  records.write_text_atomically(os.path.join(directory, DONE),
+                                json.dumps(result, indent=1, default=str) + "\n")
+
+
+def _load_done(directory):
+  with tf.io.gfile.GFile(os.path.join(directory, DONE)) as f:
+    return json.load(f)
+
+
+def _phase(directory, run):
+  """Runs `run()` unless `directory` is marked done; returns its (recorded) result."""
+  if _done(directory):
+    logging.info("iterate: %s done, skipped", directory)
+    return _load_done(directory)
+  tf.io.gfile.makedirs(directory)
+  result = run()
+  _mark_done(directory, result)
+  return result
+
+
+def _eval(checkpoint, eval_data, directory, labeled_data, config):
+  model = checkpoints.load_model(checkpoint)
+  prep = train.preprocess_config(config, labeled_data, train=False)
+  metrics = evaluate.evaluate(model, pipeline.eval_dataset(eval_data, prep, batch_size=256))
+  evaluate.save_metrics(metrics, directory)
+  return metrics
+
+
+def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_data, eval_data,
+            filter_args, temperature=1.0, strategy=None, student_overrides=None):
+  """Runs K = len(student_models) Noisy Student rounds.
+
+  Args:
+    teacher_config: `train.TrainConfig` of the first teacher; students copy it with their model.
+    student_models: variant per round, each equal or larger than the one before.
+    workdir: root of `iter_<k>/<phase>/`.
+    labeled_data, unlabeled_data, eval_data: data arguments (directories or globs).
+    filter_args: keyword arguments of `filter_phase.filter_and_balance_phase`.
+    temperature: of the teacher's soft labels.
+    strategy: tf.distribute strategy for training.
+    student_overrides: TrainConfig fields to change for students (e.g. epochs).
+
+  Returns:
+    The summary (also `<workdir>/summary.json`): per round model, top-1, top-5, kept images.
+  """
+  order = list(efficientnet.VARIANTS)
+  sizes = [order.index(teacher_config.model)] + [order.index(m) for m in student_models]
+  if sizes != sorted(sizes):
+    raise ValueError(f"students must be equal or larger than their teachers: "
+                     f"{[teacher_config.model] + list(student_models)}")
+  rounds = []
+  teacher_dir = os.path.join(workdir, "iter_0", "train")
+  _phase(teacher_dir, lambda: train.train(teacher_config, labeled_data, teacher_dir,
+                                          strategy=strategy)["total_steps"])
+  metrics = _phase(os.path.join(workdir, "iter_0", "eval"),
+                   lambda: _eval(teacher_dir, eval_data, os.path.join(workdir, "iter_0", "eval"),
+                                 labeled_data, teacher_config))
+  rounds.append({"round": 0, "role": "teacher", "model": teacher_config.model,
+                 "top1": metrics["top1"], "top5": metrics["top5"]})
+  config = teacher_config
+  for k, student in enumerate(student_models, start=1):
+    root = os.path.join(workdir, f"iter_{k}")
+    predict_dir, filter_dir = os.path.join(root, "predict"), os.path.join(root, "filter")
+    student_dir, eval_dir = os.path.join(root, "train"), os.path.join(root, "eval")
+
+    def run_predict(teacher_dir=teacher_dir, config=config, predict_dir=predict_dir):
+      model = checkpoints.load_model(teacher_dir)
+      prep = train.preprocess_config(config, labeled_data, train=False)
+      return predict.predict_phase(model, unlabeled_data, predict_dir, prep,
+                                   predict.PredictConfig(temperature=temperature))["images"]
+
+    _phase(predict_dir, run_predict)
+    stats = _phase(filter_dir, lambda: filter_phase.filter_and_balance_phase(
+        predict_dir, unlabeled_data, filter_dir, **filter_args))
+    config = dataclasses.replace(teacher_config, model=student, **(student_overrides or {}))
+    _phase(student_dir, lambda: train.train(config, labeled_data, student_dir,
+                                            pseudo_labeled_data=filter_dir,
+                                            strategy=strategy)["total_steps"])
+    metrics = _phase(eval_dir, lambda: _eval(student_dir, eval_data, eval_dir, labeled_data,
+                                             config))
+    rounds.append({"round": k, "role": "student", "model": student, "top1": metrics["top1"],
+                   "top5": metrics["top5"], "pseudo_labeled": stats.get("total_with_copies")})
+    teacher_dir = student_dir
+  summary = {"rounds": rounds,
+             "table": [f"{r['round']}: {r['role']:7s} {r['model']:16s} top1 {r['top1']:.4f}"
+                       for r in rounds]}
+  records.write_text_atomically(os.path.join(workdir, "summary.json"),
+                                json.dumps(summary, indent=1) + "\n")
+  return summary

@@ -1,0 +1,141 @@
+"""The predict phase: the teacher, unnoised, over unlabeled shards -> prediction shards.
+
+One prediction shard per unlabeled shard, with the same file name, written atomically; a shard
+whose output exists is finished and skipped on rerun, so a killed run resumes where it stopped.
+Shards are split across machines with num_workers/worker_index (every num_workers-th shard).
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from data import pipeline
+from data import records
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+  """Attributes:
+    temperature: soft labels are softmax(logits / temperature).
+    top_k: None stores all C probabilities; k stores the k largest (float16), for 1000+ classes.
+    batch_size: images per inference batch.
+    num_workers, worker_index: this process handles shards worker_index, worker_index + n, ...
+  """
+  temperature: float = 1.0
+  top_k: int | None = None
+  batch_size: int = 256
+  num_workers: int = 1
+  worker_index: int = 0
+
+  def __post_init__(self):
+    if not self.temperature > 0:
+      raise ValueError(f"--temperature must be > 0, got {self.temperature}")
+    if self.top_k is not None and self.top_k < 1:
+      raise ValueError(f"--top_k must be >= 1, got {self.top_k}")
+    if not 0 <= self.worker_index < self.num_workers:
+      raise ValueError(f"--worker_index={self.worker_index} is not in [0, {self.num_workers})")
+
+
+def soft_labels(logits, temperature):
+  """softmax(logits / T) in float64 before the final cast, so rows sum to 1 within float32."""
+  scaled = np.asarray(logits, np.float64) / temperature
+  scaled -= scaled.max(axis=1, keepdims=True)
+  probabilities = np.exp(scaled)
+  return (probabilities / probabilities.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def prediction_records(keys, probabilities, top_k=None):
+  """Serialized prediction records for one batch (schema in data/records.py)."""
+  labels = probabilities.argmax(axis=1)
+  confidences = probabilities[np.arange(len(labels)), labels]
+  for i, key in enumerate(keys):
+    if top_k is None:
+      yield records.make_example(key=key, label=labels[i], probabilities=probabilities[i],
+                                 confidence=confidences[i])
+    else:
+      top = np.argsort(-probabilities[i], kind="stable")[:top_k]
+      yield records.make_example(key=key, label=labels[i], top_k_classes=top,
+                                 top_k_probabilities=probabilities[i][top],
+                                 confidence=confidences[i])
+
+
+def _shard_records(model, dataset, config, progress):
+  infer = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+  for keys, images in dataset:
+    probabilities = soft_labels(infer(images).numpy(), config.temperature)
+    progress.add(len(probabilities))
+    yield from prediction_records(keys.numpy(), probabilities, config.top_k)
+
+
+class _Progress:
+  """A plain rate line every `every` seconds: long runs show they are alive and how fast."""
+
+  def __init__(self, every=10.0):
+    self.start = self.last = time.perf_counter()
+    self.count = 0
+    self.every = every
+
+  def add(self, n):
+    self.count += n
+    now = time.perf_counter()
+    if now - self.last >= self.every:
+      self.last = now
+      logging.info("predict: %d images, %.1f images/s", self.count, self.rate)
+
+  @property
+  def rate(self):
+    return self.count / max(time.perf_counter() - self.start, 1e-9)
+
+
+def summary_name(config):
+  if config.num_workers == 1:
+    return "summary.json"
+  return f"summary-{config.worker_index:05d}-of-{config.num_workers:05d}.json"
+
+
+def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config):
+  """Writes one prediction shard per unlabeled shard of this worker, then a summary JSON.
+
+  Args:
+    model: the teacher (EMA weights), from `checkpoints.load_model`; run in inference mode.
+    unlabeled_data: directory with manifest.json or glob of unlabeled shards.
+    output_dir: where prediction shards (same file names as the inputs) and the summary go.
+    preprocess_config: `data.preprocess.PreprocessConfig`; only eval preprocessing is used.
+    config: `PredictConfig`.
+
+  Returns:
+    The summary dict (also written to `output_dir/summary*.json`).
+  """
+  shards = pipeline.worker_shards(pipeline.resolve_shards(unlabeled_data), config.num_workers,
+                                  config.worker_index)
+  tf.io.gfile.makedirs(output_dir)
+  progress = _Progress()
+  entries = []
+  for shard in shards:
+    output = os.path.join(output_dir, os.path.basename(shard))
+    if tf.io.gfile.exists(output):
+      count = sum(1 for _ in tf.data.TFRecordDataset(output))
+      entries.append({"input": shard, "output": os.path.basename(output), "count": count,
+                      "resumed": True})
+      logging.info("predict: %s exists, skipped", output)
+      continue
+    dataset = pipeline.predict_dataset(shard, preprocess_config, batch_size=config.batch_size)
+    count = records.write_atomically(output, _shard_records(model, dataset, config, progress))
+    entries.append({"input": shard, "output": os.path.basename(output), "count": count})
+  summary = {
+      "num_classes": int(model.output.shape[-1]), "temperature": config.temperature,
+      "top_k": config.top_k, "num_workers": config.num_workers,
+      "worker_index": config.worker_index, "shards": entries,
+      "images": sum(e["count"] for e in entries), "images_predicted_now": progress.count,
+      "images_per_second": round(progress.rate, 2),
+  }
+  records.write_text_atomically(os.path.join(output_dir, summary_name(config)),
+                                json.dumps(summary, indent=1) + "\n")
+  logging.info("predict: %d images in %d shards, %.1f images/s", summary["images"], len(entries),
+               progress.rate)
+  return summary

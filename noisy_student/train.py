@@ -1,0 +1,312 @@
+"""The train phase: one `model.fit` loop for the teacher, the student and FixRes fine-tuning.
+
+Teacher: labeled data only. Student: labeled + pseudo-labeled rows in every batch
+(`unlabeled_batch_ratio` of them per labeled row). Fine-tune: a larger image size, no noise, the
+first blocks frozen, a short schedule. Noise (RandAugment, dropout, stochastic depth) applies
+whenever a model trains; the config sets its strength.
+
+A run writes into its workdir: `backup/` (BackupAndRestore: a killed run resumes from its last
+Keras epoch when the same command runs again), `tensorboard/`, `history.json`,
+`train_config.json` and, last, `model.keras` (the EMA weights) whose presence marks the run done.
+"""
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+
+import keras
+import tensorflow as tf
+
+import efficientnet
+from data import manifest as manifest_lib
+from data import pipeline
+from data import preprocess
+from data import records
+from noisy_student import checkpoints
+from noisy_student import ema
+from noisy_student import evaluate
+from noisy_student import losses
+from noisy_student import metrics
+from noisy_student import optimizers
+from noisy_student import schedules
+
+MAX_STEPS_PER_KERAS_EPOCH = 1000  # backups and TensorBoard points at least this often
+NORMALIZATIONS = ("manifest", "imagenet", "svhn")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything a train run is asked to do; saved as train_config.json beside the model."""
+  model: str = "efficientnet-b0"
+  image_size: int | None = None
+  small_image: bool = False
+  width_coefficient: float | None = None
+  depth_coefficient: float | None = None
+  dropout_rate: float | None = None
+  survival_prob: float | None = None
+  num_classes: int | None = None
+  batch_size: int = 128
+  unlabeled_batch_ratio: float = 1.0
+  pseudo_labels: str = "soft"
+  epochs: float | None = None
+  train_steps: int | None = None
+  base_learning_rate: float = 0.016
+  final_learning_rate: float | None = None
+  warmup_epochs: float = 5.0
+  lr_decay_epochs: float = 2.4
+  lr_decay_factor: float = 0.97
+  weight_decay: float = 1e-5
+  label_smoothing: float = 0.1
+  ema_decay: float | None = 0.9999
+  randaugment_layers: int = 0
+  randaugment_magnitude: float = 0.0
+  cutout: bool = False
+  flip: bool = True
+  normalization: str = "manifest"
+  freeze_blocks: int = 0
+  mixed_precision: str = "none"
+  seed: int = 0
+
+  def __post_init__(self):
+    if (self.epochs is None) == (self.train_steps is None):
+      raise ValueError("give exactly one of --epochs and --train_steps")
+    if self.normalization not in NORMALIZATIONS:
+      raise ValueError(f"--normalization must be one of {NORMALIZATIONS}")
+    if self.batch_size < 1:
+      raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+    efficientnet.get_variant(self.model)
+
+
+def count_examples(data):
+  """Records in a data argument: the manifest's count when it has one, else a scan of the shards."""
+  if tf.io.gfile.isdir(data):
+    manifest = manifest_lib.load_manifest(data) or {}
+    splits = manifest.get("splits", {})
+    if len(splits) == 1:
+      entry = next(iter(splits.values()))
+      if "num_examples" in entry:
+        return int(entry["num_examples"])
+  return sum(1 for _ in pipeline.ordered_records(pipeline.resolve_shards(data)))
+
+
+def preprocess_config(config, labeled_data, *, image_size=None, train=True):
+  """The PreprocessConfig of a run; mean/std from the labeled data's manifest or a named set."""
+  if config.normalization == "manifest":
+    mean, std = manifest_lib.load_normalization(labeled_data)
+  else:
+    mean, std = preprocess.NORMALIZATIONS[config.normalization]
+  size = image_size or config.image_size or (
+      32 if config.small_image else efficientnet.get_variant(config.model).resolution)
+  return preprocess.PreprocessConfig(
+      image_size=size, small_image=config.small_image,
+      randaugment_layers=config.randaugment_layers if train else 0,
+      randaugment_magnitude=config.randaugment_magnitude, cutout=config.cutout and train,
+      flip=config.flip, mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
+
+
+def build_student(config, num_classes):
+  return efficientnet.build_model(
+      config.model, num_classes, image_size=config.image_size, small_image=config.small_image,
+      dropout_rate=config.dropout_rate, survival_prob=config.survival_prob,
+      width_coefficient=config.width_coefficient, depth_coefficient=config.depth_coefficient)
+
+
+def warm_start(model, checkpoint, checkpoint_format="keras"):
+  """Copies every layer's weights whose name and shapes match from `checkpoint` into `model`."""
+  if checkpoint_format == "reference":
+    return efficientnet.load_reference_checkpoint(model, checkpoint, include_top=False)
+  source = checkpoints.load_model(checkpoint)
+  copied, skipped = 0, []
+  source_layers = {layer.name: layer for layer in source.layers}
+  for layer in model.layers:
+    other = source_layers.get(layer.name)
+    if not layer.weights or other is None:
+      continue
+    values = other.get_weights()
+    if [v.shape for v in values] == [tuple(w.shape) for w in layer.weights]:
+      layer.set_weights(values)
+      copied += 1
+    else:
+      skipped.append(layer.name)
+  if not copied:
+    raise ValueError(f"--init_checkpoint {checkpoint!r} shares no layer shapes with {model.name}")
+  logging.info("warm start from %s: %d layers copied, %d skipped (%s)", checkpoint, copied,
+               len(skipped), ", ".join(skipped[:5]))
+  return {"copied": copied, "skipped": skipped}
+
+
+def freeze_first_blocks(model, num_blocks):
+  """FixRes fine-tuning: the stem and the first `num_blocks` blocks stop training (their batch
+  norm runs in inference mode)."""
+  frozen_prefixes = ("stem_",) + tuple(b.name for b in model.block_plan[:num_blocks])
+  if num_blocks > len(model.block_plan):
+    raise ValueError(f"--freeze_blocks={num_blocks} but {model.name} has "
+                     f"{len(model.block_plan)} blocks")
+  for layer in model.layers:
+    if layer.name.startswith(frozen_prefixes):
+      layer.trainable = False
+
+
+def steps_per_keras_epoch(total_steps, steps_per_epoch):
+  """The largest divisor of total_steps not above one data epoch (capped), so that Keras epochs
+  tile the run exactly and BackupAndRestore saves at regular points."""
+  target = max(1, min(int(round(steps_per_epoch)), MAX_STEPS_PER_KERAS_EPOCH, total_steps))
+  for chunk in range(target, 0, -1):
+    if total_steps % chunk == 0:
+      return chunk
+  return 1
+
+
+def interleave_replicas(dataset, labeled_rows, num_replicas):
+  """Reorders [labeled; pseudo] batches to [lab_0, unl_0, lab_1, unl_1, ...] so that each replica's
+  slice starts with its own labeled rows, as the loss expects (see losses.py)."""
+  if num_replicas == 1:
+    return dataset
+
+  def reorder(images, targets):
+    def per_replica(x):
+      labeled = tf.reshape(x[:labeled_rows], [num_replicas, -1] + x.shape[1:].as_list())
+      pseudo = tf.reshape(x[labeled_rows:], [num_replicas, -1] + x.shape[1:].as_list())
+      return tf.reshape(tf.concat([labeled, pseudo], 1), [-1] + x.shape[1:].as_list())
+    return per_replica(images), per_replica(targets)
+
+  return dataset.map(reorder, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _worker_split(strategy):
+  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    resolver = strategy.cluster_resolver
+    return resolver.cluster_spec().num_tasks(resolver.task_type), resolver.task_id
+  return 1, 0
+
+
+def _set_precision(mixed_precision):
+  policies = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+  keras.config.set_dtype_policy(policies[mixed_precision])
+
+
+class _Timer(keras.callbacks.Callback):
+  def on_train_begin(self, logs=None):
+    self.start = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    if logs is not None:
+      logs["wall_seconds"] = time.perf_counter() - self.start
+
+
+def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=None,
+          init_checkpoint=None, init_checkpoint_format="keras", strategy=None, verbose="auto"):
+  """Trains a teacher (no pseudo_labeled_data), a student, or a fine-tuned model.
+
+  Args:
+    config: `TrainConfig`.
+    labeled_data: directory with manifest.json or glob of labeled shards.
+    workdir: this run's directory (see module docstring).
+    pseudo_labeled_data: filter output (directory or glob), for a student.
+    eval_data: evaluated with the EMA weights at the end (metrics.json), optional.
+    init_checkpoint: warm start from a train workdir / .keras file (or a reference checkpoint).
+    init_checkpoint_format: "keras" or "reference".
+    strategy: a tf.distribute strategy (default: the current one).
+    verbose: Keras progress bar setting.
+
+  Returns:
+    dict with the Keras history, the final eval metrics (if eval_data) and run facts.
+  """
+  strategy = strategy or tf.distribute.get_strategy()
+  tf.io.gfile.makedirs(workdir)
+  keras.utils.set_random_seed(config.seed)
+  _set_precision(config.mixed_precision)
+  manifest = manifest_lib.load_manifest(labeled_data) if tf.io.gfile.isdir(labeled_data) else None
+  num_classes = config.num_classes or (manifest or {}).get("num_classes")
+  if not num_classes:
+    raise ValueError(f"--num_classes is needed: {labeled_data!r} has no manifest naming classes")
+  num_labeled = count_examples(labeled_data)
+  if num_labeled == 0:
+    raise ValueError(f"--labeled_data {labeled_data!r} holds no records")
+  steps_per_epoch = num_labeled / config.batch_size
+  total_steps = config.train_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+  chunk = steps_per_keras_epoch(total_steps, steps_per_epoch)
+  prep = preprocess_config(config, labeled_data)
+  num_workers, worker_index = _worker_split(strategy)
+
+  labeled = pipeline.labeled_dataset(labeled_data, prep, num_classes=num_classes, seed=config.seed,
+                                     num_workers=num_workers, worker_index=worker_index)
+  pseudo = None
+  ratio = 0
+  if pseudo_labeled_data:
+    ratio = config.unlabeled_batch_ratio
+    pseudo = pipeline.pseudo_labeled_dataset(
+        pseudo_labeled_data, prep, num_classes=num_classes, pseudo_labels=config.pseudo_labels,
+        seed=config.seed + 1, num_workers=num_workers, worker_index=worker_index)
+  dataset = pipeline.student_dataset(labeled, pseudo, config.batch_size, ratio)
+  dataset = interleave_replicas(dataset, config.batch_size, strategy.num_replicas_in_sync)
+  if num_workers > 1:
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    dataset = dataset.with_options(options)
+
+  decay_epochs = config.lr_decay_epochs
+  if config.final_learning_rate is not None:
+    decay_epochs = schedules.decay_epochs_for_final_learning_rate(
+        config.base_learning_rate, config.final_learning_rate, total_steps / steps_per_epoch,
+        warmup_epochs=config.warmup_epochs, decay_rate=config.lr_decay_factor)
+  schedule = schedules.WarmupExponentialDecay(
+      schedules.scaled_learning_rate(config.base_learning_rate, config.batch_size),
+      steps_per_epoch, warmup_epochs=config.warmup_epochs, decay_epochs=decay_epochs,
+      decay_rate=config.lr_decay_factor)
+
+  with strategy.scope():
+    model = build_student(config, num_classes)
+    if init_checkpoint:
+      warm_start(model, init_checkpoint, init_checkpoint_format)
+    if config.freeze_blocks:
+      freeze_first_blocks(model, config.freeze_blocks)
+    losses.add_weight_decay(model, config.weight_decay)
+    optimizer = optimizers.TF1RMSProp(schedule, moving_average_decay=config.ema_decay)
+    if config.ema_decay is not None:
+      optimizer.track_moving_averages(ema.batch_norm_statistics(model))
+    loss_args = dict(labeled_batch_size=config.batch_size, label_smoothing=config.label_smoothing,
+                     pseudo_labels=config.pseudo_labels)
+    model.compile(optimizer=optimizer, loss=losses.NoisyStudentLoss(**loss_args),
+                  metrics=[metrics.LabeledAccuracy(config.batch_size),
+                           losses.LabeledLoss(**loss_args), losses.UnlabeledLoss(**loss_args)])
+
+  run_facts = {"num_labeled": num_labeled, "steps_per_epoch": steps_per_epoch,
+               "total_steps": total_steps, "steps_per_keras_epoch": chunk,
+               "num_classes": num_classes, "image_size": prep.image_size,
+               "mean": list(prep.mean), "std": list(prep.std),
+               "replicas": strategy.num_replicas_in_sync}
+  records.write_text_atomically(
+      os.path.join(workdir, checkpoints.RUN_CONFIG),
+      json.dumps({"config": dataclasses.asdict(config), "labeled_data": labeled_data,
+                  "pseudo_labeled_data": pseudo_labeled_data, "init_checkpoint": init_checkpoint,
+                  **run_facts}, indent=1) + "\n")
+  logging.info("train %s: %d steps (%d Keras epochs of %d), %s", config.model, total_steps,
+               total_steps // chunk, chunk, "student" if pseudo is not None else "labeled only")
+  callbacks = [
+      _Timer(),
+      keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
+      keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), update_freq="epoch"),
+  ]
+  history = model.fit(dataset, epochs=total_steps // chunk, steps_per_epoch=chunk,
+                      callbacks=callbacks, verbose=verbose)
+
+  result = {"history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+            **run_facts}
+  averaged = ema.swap_to_ema(model) if config.ema_decay is not None else contextlib.nullcontext()
+  with averaged:
+    if eval_data:
+      eval_prep = preprocess_config(config, labeled_data, train=False)
+      metrics_ = evaluate.evaluate(model, pipeline.eval_dataset(eval_data, eval_prep,
+                                                                batch_size=256))
+      evaluate.save_metrics(metrics_, workdir)
+      result["eval"] = metrics_
+    records.write_text_atomically(os.path.join(workdir, "history.json"),
+                                  json.dumps(result, indent=1) + "\n")
+    checkpoints.save_model_atomically(model, os.path.join(workdir, checkpoints.FINAL_MODEL))
+  return result
+
