@@ -64,6 +64,9 @@ flags.DEFINE_string("split", "train", "convert: split name (for idx also train o
 flags.DEFINE_integer("num_shards", 4, "convert/filter: number of output shards.", lower_bound=1)
 flags.DEFINE_bool("unlabeled", False, "convert: drop the labels.")
 flags.DEFINE_integer("limit", None, "convert: only the first N images.", lower_bound=1)
+flags.DEFINE_integer("labeled_per_class", None, "convert: afterwards split the converted data "
+                     "into OUTPUT/labeled (N per class, seeded) and OUTPUT/unlabeled (the rest).",
+                     lower_bound=1)
 
 # train / finetune.
 flags.DEFINE_float("epochs", None, "Training length in epochs of the labeled data.",
@@ -133,6 +136,8 @@ flags.DEFINE_list("student_models", [], "iterate: student variant per round (def
                   "every round); each equal or larger than the last.")
 flags.DEFINE_float("teacher_epochs", None, "iterate: teacher length (default --epochs).",
                    lower_bound=0)
+flags.DEFINE_float("student_epochs", None, "iterate: student length (default --epochs).",
+                   lower_bound=0)
 
 
 @flags.validator("robustness", message=f"--robustness takes {', '.join(ROBUSTNESS)}")
@@ -200,8 +205,14 @@ def run_convert():
   manifest = convert.convert(FLAGS.source, FLAGS.input, FLAGS.output, split=FLAGS.split,
                              num_shards=FLAGS.num_shards, unlabeled=FLAGS.unlabeled,
                              seed=FLAGS.seed, limit=FLAGS.limit)
-  _print({"output": FLAGS.output, "splits": {k: v["num_examples"]
-                                             for k, v in manifest["splits"].items()}})
+  result = {"output": FLAGS.output,
+            "splits": {k: v["num_examples"] for k, v in manifest["splits"].items()}}
+  if FLAGS.labeled_per_class:
+    from data import subsets  # pylint: disable=g-import-not-at-top
+    result["semi_supervised"] = subsets.split_labeled(
+        FLAGS.output, FLAGS.output, per_class=FLAGS.labeled_per_class, seed=FLAGS.seed,
+        num_shards=FLAGS.num_shards)
+  _print(result)
 
 
 def run_train(finetune=False):
@@ -252,7 +263,7 @@ def run_predict():
   config = predict.PredictConfig(temperature=FLAGS.temperature, top_k=FLAGS.top_k,
                                  batch_size=FLAGS.batch_size, num_workers=FLAGS.num_workers,
                                  worker_index=FLAGS.worker_index)
-  model = _model_for(FLAGS.checkpoint)
+  model = _model_for(FLAGS.checkpoint, FLAGS.num_classes)
   summary = predict.predict_phase(model, FLAGS.unlabeled_data, FLAGS.output,
                                   _preprocess_for(FLAGS.checkpoint), config)
   _print({k: summary[k] for k in ("images", "images_per_second")})
@@ -270,10 +281,18 @@ def run_filter():
   _print({k: v for k, v in stats.items() if not isinstance(v, (list, dict))})
 
 
+def _manifest_classes(data):
+  from data import manifest  # pylint: disable=g-import-not-at-top
+  if FLAGS.num_classes:
+    return FLAGS.num_classes
+  found = manifest.load_manifest(data) if os.path.isdir(data) else None
+  return (found or {}).get("num_classes") or None
+
+
 def run_eval():
   from data import pipeline  # pylint: disable=g-import-not-at-top
   from noisy_student import evaluate  # pylint: disable=g-import-not-at-top
-  model = _model_for(FLAGS.checkpoint)
+  model = _model_for(FLAGS.checkpoint, _manifest_classes(FLAGS.eval_data))
   prep = _preprocess_for(FLAGS.checkpoint)
   dataset = pipeline.eval_dataset(FLAGS.eval_data, prep, batch_size=FLAGS.batch_size)
   metrics = evaluate.evaluate(model, dataset)
@@ -303,7 +322,8 @@ def run_iterate():
       filter_args=dict(threshold=FLAGS.confidence_threshold,
                        images_per_class=FLAGS.images_per_class if FLAGS.balance else None,
                        duplicate=FLAGS.duplicate_to_balance, seed=FLAGS.seed),
-      temperature=FLAGS.temperature, strategy=_strategy())
+      temperature=FLAGS.temperature, strategy=_strategy(),
+      student_overrides={"epochs": FLAGS.student_epochs} if FLAGS.student_epochs else None)
   _print(summary["table"])
 
 
@@ -316,7 +336,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
-  _MODES[FLAGS.mode]()
+  try:
+    _MODES[FLAGS.mode]()
+  except (ValueError, FileNotFoundError) as e:
+    # Bad input (a path, a flag value, a checkpoint that does not fit): one clear line, no
+    # traceback. NS_TRACEBACK=1 shows where it came from.
+    if os.environ.get("NS_TRACEBACK"):
+      raise
+    raise SystemExit(f"main.py --mode={FLAGS.mode}: error: {e}") from None
 
 
 if __name__ == "__main__":
