@@ -220,8 +220,10 @@ def run_train(finetune=False):
   config = train_config()
   if finetune and config.randaugment_layers:
     logging.warning("finetune with RandAugment: the FixRes step uses unaugmented images")
+  # FixRes fine-tuning trains on labeled images only, whatever a shared recipe says.
+  pseudo = None if finetune else FLAGS.pseudo_labeled_data
   result = train.train(config, FLAGS.labeled_data, FLAGS.workdir,
-                       pseudo_labeled_data=FLAGS.pseudo_labeled_data, eval_data=FLAGS.eval_data,
+                       pseudo_labeled_data=pseudo, eval_data=FLAGS.eval_data,
                        init_checkpoint=FLAGS.init_checkpoint,
                        init_checkpoint_format=FLAGS.checkpoint_format, strategy=_strategy())
   _print({"workdir": FLAGS.workdir, "eval": result.get("eval", {}).get("top1")})
