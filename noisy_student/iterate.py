@@ -18,6 +18,7 @@ from data import records
 from noisy_student import checkpoints
 from noisy_student import evaluate
 from noisy_student import filter_phase
+from noisy_student import plots
 from noisy_student import predict
 from noisy_student import train
 
@@ -117,4 +118,5 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
                        for r in rounds]}
   records.write_text_atomically(os.path.join(workdir, "summary.json"),
                                 json.dumps(summary, indent=1) + "\n")
+  plots.accuracy_per_round(rounds, os.path.join(workdir, "accuracy_per_round.png"))
   return summary

@@ -32,6 +32,7 @@ from noisy_student import evaluate
 from noisy_student import losses
 from noisy_student import metrics
 from noisy_student import optimizers
+from noisy_student import plots
 from noisy_student import schedules
 
 MAX_STEPS_PER_KERAS_EPOCH = 1000  # backups and TensorBoard points at least this often
@@ -189,13 +190,16 @@ def _set_precision(mixed_precision):
   keras.config.set_dtype_policy(policies[mixed_precision])
 
 
-class _Timer(keras.callbacks.Callback):
+class _RunFacts(keras.callbacks.Callback):
+  """Adds wall time and the learning rate to each Keras epoch's logs (history and TensorBoard)."""
+
   def on_train_begin(self, logs=None):
     self.start = time.perf_counter()
 
   def on_epoch_end(self, epoch, logs=None):
     if logs is not None:
       logs["wall_seconds"] = time.perf_counter() - self.start
+      logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
 def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=None,
@@ -288,7 +292,7 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
   logging.info("train %s: %d steps (%d Keras epochs of %d), %s", config.model, total_steps,
                total_steps // chunk, chunk, "student" if pseudo is not None else "labeled only")
   callbacks = [
-      _Timer(),
+      _RunFacts(),
       keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
       keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), update_freq="epoch"),
   ]
@@ -307,6 +311,7 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
       result["eval"] = metrics_
     records.write_text_atomically(os.path.join(workdir, "history.json"),
                                   json.dumps(result, indent=1) + "\n")
+    plots.training_curves(result["history"], os.path.join(workdir, "training_curves.png"))
     checkpoints.save_model_atomically(model, os.path.join(workdir, checkpoints.FINAL_MODEL))
   return result
 

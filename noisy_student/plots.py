@@ -1,0 +1,101 @@
+"""PNG report plots written next to the phases' JSON (matplotlib, Agg backend, atomic writes)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from data import records  # noqa: E402
+
+
+def _save(figure, path):
+  tmp = records.temporary_path(path) + ".png"
+  figure.tight_layout()
+  figure.savefig(tmp, dpi=110)
+  plt.close(figure)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+  return path
+
+
+def confidence_histograms(labels, confidences, path, *, threshold=None, class_names=None):
+  """Per class: histogram of the teacher's confidence on the images it assigned to that class."""
+  labels, confidences = np.asarray(labels), np.asarray(confidences)
+  classes = np.unique(labels) if class_names is None else np.arange(len(class_names))
+  columns = min(5, len(classes)) or 1
+  rows = int(np.ceil(len(classes) / columns)) or 1
+  figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.0 * rows), squeeze=False,
+                              sharex=True)
+  bins = np.linspace(0, 1, 21)
+  for ax, c in zip(axes.flat, classes):
+    ax.hist(confidences[labels == c], bins=bins, color="tab:blue")
+    if threshold:
+      ax.axvline(threshold, color="tab:red", linewidth=1)
+    ax.set_title(class_names[c] if class_names is not None else f"class {c}", fontsize=8)
+    ax.tick_params(labelsize=6)
+  for ax in list(axes.flat)[len(classes):]:
+    ax.axis("off")
+  figure.suptitle("pseudo-label confidence per class (red: threshold)", fontsize=9)
+  return _save(figure, path)
+
+
+def class_counts(before, after, path, *, labels=("after threshold", "kept (with copies)"),
+                 class_names=None):
+  """Grouped bars: images per class before and after balancing."""
+  before, after = np.asarray(before), np.asarray(after)
+  x = np.arange(len(before))
+  figure, ax = plt.subplots(figsize=(max(4, 0.5 * len(x) + 2), 3))
+  ax.bar(x - 0.2, before, 0.4, label=labels[0])
+  ax.bar(x + 0.2, after, 0.4, label=labels[1])
+  ax.set_xticks(x, class_names if class_names is not None else [str(i) for i in x],
+                fontsize=7, rotation=45 if len(x) > 10 else 0)
+  ax.set_ylabel("images")
+  ax.legend(fontsize=8)
+  ax.set_title("pseudo-labeled images per class", fontsize=9)
+  return _save(figure, path)
+
+
+def per_class_accuracy(accuracy_by_class, path, *, title="per-class top-1"):
+  names = list(accuracy_by_class)
+  values = [accuracy_by_class[n] for n in names]
+  figure, ax = plt.subplots(figsize=(max(4, 0.45 * len(names) + 2), 3))
+  ax.bar(range(len(names)), values, color="tab:green")
+  ax.set_xticks(range(len(names)), names, fontsize=7)
+  ax.set_ylim(0, 1)
+  ax.set_title(title, fontsize=9)
+  return _save(figure, path)
+
+
+def training_curves(history, path):
+  """Loss parts and labeled accuracy per Keras epoch, from a train run's history.json."""
+  figure, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
+  for name in ("loss", "labeled_loss", "unlabeled_loss"):
+    if name in history and any(history[name]):
+      left.plot(history[name], label=name)
+  left.set_xlabel("Keras epoch")
+  left.legend(fontsize=7)
+  if "accuracy" in history:
+    right.plot(history["accuracy"], label="labeled accuracy (noised)")
+  if "learning_rate" in history:
+    lr = right.twinx()
+    lr.plot(history["learning_rate"], color="tab:gray", linestyle=":", label="learning rate")
+    lr.tick_params(labelsize=6)
+  right.set_xlabel("Keras epoch")
+  right.legend(fontsize=7, loc="lower right")
+  return _save(figure, path)
+
+
+def accuracy_per_round(rounds, path):
+  """Top-1 per iterate round (teacher, student 1, ...)."""
+  figure, ax = plt.subplots(figsize=(4.5, 3))
+  x = [r["round"] for r in rounds]
+  ax.plot(x, [r["top1"] for r in rounds], marker="o")
+  for r in rounds:
+    ax.annotate(f"{r['top1']:.3f}\n{r['model'].replace('efficientnet-', '')}",
+                (r["round"], r["top1"]), fontsize=7, ha="center", va="bottom")
+  ax.set_xticks(x, ["teacher" if r["round"] == 0 else f"student {r['round']}" for r in rounds])
+  ax.set_ylabel("test top-1")
+  ax.set_title("accuracy per Noisy Student round", fontsize=9)
+  return _save(figure, path)
+

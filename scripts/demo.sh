@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The demo on a fresh machine: installs what it needs, converts Fashion-MNIST (1,000 labeled
+# images, 59,000 unlabeled, 10,000 test), trains a teacher, predicts, filters, trains a noised
+# student, evaluates both and prints the table. About 10 minutes on 2 CPU cores.
+# Extra arguments go to main.py (e.g. `bash scripts/demo.sh --seed=1`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FMNIST=/usr/share/datasets/fashion-mnist
+if [ ! -e "$FMNIST/train-images-idx3-ubyte.gz" ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
+  else
+    echo "Fashion-MNIST is missing: install Debian's package (sudo apt-get install" \
+         "dataset-fashion-mnist), or convert your own data (see README, 'convert')." >&2
+    exit 1
+  fi
+fi
+python3 -m pip install -q -r requirements.txt
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+DATA=workdir/fashion_mnist
+if [ ! -e "$DATA/labeled/manifest.json" ]; then
+  python3 main.py --mode=convert --source=idx --input="$FMNIST" --split=train \
+    --output="$DATA" --labeled_per_class=100 --num_shards=8
+fi
+if [ ! -e "$DATA/test/manifest.json" ]; then
+  python3 main.py --mode=convert --source=idx --input="$FMNIST" --split=t10k \
+    --output="$DATA/test" --num_shards=2
+fi
+python3 main.py --flagfile=recipes/fashion_mnist_demo.flags --mode=iterate "$@"
+echo "Report: workdir/demo/summary.json, workdir/demo/accuracy_per_round.png," \
+     "workdir/demo/iter_1/filter/*.png; TensorBoard: tensorboard --logdir workdir/demo"
