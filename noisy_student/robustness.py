@@ -1,0 +1,437 @@
+"""Robustness of a classifier: common corruptions (mCE), perturbation flip rates (mFR) and FGSM.
+
+The Noisy Student paper (Xie et al. 2020, section 4.4) reports, besides accuracy, ImageNet-C mCE,
+ImageNet-P mean flip rate and accuracy under FGSM. These functions measure the same quantities on
+any labeled evaluation set, corrupting it on the fly (`data.corruptions`), so that a student can be
+compared with its teacher.
+
+Conventions shared by every function:
+- `dataset` yields `(images, labels)` batches: uint8 `[B, H, W, 3]` already resized/cropped to the
+  model's input size, and int class ids `[B]`.
+- `normalize` maps float32 pixels in [0, 255] to what `model` takes; `model(x, training=False)`
+  returns logits. Corruptions, perturbations and attacks all act on [0, 255] pixels, before it.
+- Errors, accuracies and flip rates are fractions in [0, 1] (the paper prints them as percent);
+  CE and mCE are ratios to a baseline (the paper's baseline is AlexNet; here, any earlier result,
+  e.g. the teacher's).
+- Dict keys are strings so that results survive a JSON round trip unchanged (severity "3",
+  epsilon "4").
+"""
+
+import io
+import zlib
+
+from matplotlib import figure as mpl_figure
+import numpy as np
+import tensorflow as tf
+
+from data import corruptions as corruptions_lib
+from data import records
+
+KINDS = ("corruptions", "perturbations", "fgsm")
+DEFAULT_EPSILONS = (1, 2, 4, 8)
+
+
+def _predictor(model, normalize):
+  @tf.function(reduce_retracing=True)
+  def predict(images):
+    logits = model(normalize(tf.cast(images, tf.float32)), training=False)
+    return tf.argmax(logits, axis=-1, output_type=tf.int32)
+  return predict
+
+
+def _labels(labels):
+  return tf.cast(tf.reshape(labels, [-1]), tf.int32)
+
+
+def _error_rate(predict, dataset):
+  wrong, total = 0, 0
+  for images, labels in dataset:
+    wrong += int(tf.reduce_sum(tf.cast(predict(images) != _labels(labels), tf.int32)))
+    total += int(tf.shape(labels)[0])
+  if total == 0:
+    raise ValueError("the evaluation dataset is empty")
+  return wrong / total, total
+
+
+def _batch_seeds(seed, name):
+  """Seed for batch i of one corruption: the same at every severity (common random numbers, so
+  that error curves over severity differ only by the severity) and independent of which other
+  corruptions are evaluated."""
+  base = tf.constant([seed, zlib.crc32(name.encode())], tf.int64)
+  return lambda index: tf.random.experimental.stateless_fold_in(base, index)
+
+
+def _check_names(names, known, what):
+  unknown = [name for name in names if name not in known]
+  if unknown:
+    raise ValueError(f"unknown {what} {unknown[0]!r}; known: {', '.join(map(str, known))}")
+
+
+def corruption_errors(model, dataset, normalize, *, corruptions=tuple(corruptions_lib.CORRUPTIONS),
+                      severities=corruptions_lib.SEVERITIES, seed=0,
+                      table=corruptions_lib.DEFAULT_TABLE):
+  """Top-1 error on every corruption at every severity, corrupting `dataset` on the fly.
+
+  Deterministic given `seed` and the dataset's batching (each batch is corrupted with its own seed).
+
+  Args:
+    model: a Keras model returning logits for `normalize`d images.
+    dataset: `(uint8 images [B, H, W, 3], int labels [B])` batches at the model's input size.
+    normalize: float32 pixels in [0, 255] -> the model's input.
+    corruptions: names from `data.corruptions.CORRUPTIONS`.
+    severities: ints in 1..5.
+    seed: int.
+    table: "cifar10-c" or "imagenet-c" (`data.corruptions.SEVERITY_TABLES`).
+
+  Returns:
+    {"table", "seed", "severities": [int], "clean_error", "num_examples",
+     "errors": {corruption: {str(severity): error}}}.
+  """
+  _check_names(corruptions, corruptions_lib.CORRUPTIONS, "corruption")
+  _check_names([table], corruptions_lib.SEVERITY_TABLES, "severity table")
+  _check_names(severities, corruptions_lib.SEVERITIES, "severity")
+  predict = _predictor(model, normalize)
+  clean_error, num_examples = _error_rate(predict, dataset)
+  errors = {}
+  for name in corruptions:
+    batch_seed = _batch_seeds(seed, name)
+    errors[name] = {}
+    for severity in severities:
+      corrupted = dataset.enumerate().map(
+          lambda index, batch, name=name, severity=severity, batch_seed=batch_seed: (
+              corruptions_lib.corrupt(batch[0], name, severity, batch_seed(index), table=table),
+              batch[1]),
+          num_parallel_calls=tf.data.AUTOTUNE)
+      errors[name][str(severity)] = _error_rate(predict, corrupted)[0]
+  return {"table": table, "seed": int(seed), "severities": [int(s) for s in severities],
+          "clean_error": clean_error, "num_examples": num_examples, "errors": errors}
+
+
+def _ratio(value, baseline, what):
+  if baseline == 0:
+    raise ValueError(f"the baseline's {what} is 0, so the ratio to it is undefined")
+  return value / baseline
+
+
+def mean_corruption_error(errors, baseline_errors=None):
+  """Summarises `{corruption: {severity: error}}` (the "errors" of `corruption_errors`).
+
+  Without a baseline: the mean error per corruption and over everything. With one, as Hendrycks &
+  Dietterich: CE_c = sum_s E_{s,c} / sum_s E_{s,c}(baseline), mCE = mean_c CE_c. The baseline needs
+  every (corruption, severity) that `errors` has.
+
+  Returns:
+    {"corruption_error": {c: mean_s E_{s,c}}, "mean_error": mean over c and s} and, with a
+    baseline, {"ce": {c: CE_c}, "mce": mCE}.
+  """
+  if not errors:
+    raise ValueError("no corruption errors to summarise")
+  per_corruption = {c: float(np.mean(list(by_severity.values())))
+                    for c, by_severity in errors.items()}
+  summary = {"corruption_error": per_corruption,
+             "mean_error": float(np.mean(list(per_corruption.values())))}
+  if baseline_errors is None:
+    return summary
+  ce = {}
+  for corruption, by_severity in errors.items():
+    baseline = {str(s): e for s, e in baseline_errors.get(corruption, {}).items()}
+    missing = [s for s in by_severity if str(s) not in baseline]
+    if missing:
+      raise ValueError(f"the baseline has no error for {corruption} at severity {missing[0]}")
+    ce[corruption] = _ratio(sum(by_severity.values()),
+                            sum(baseline[str(s)] for s in by_severity), f"{corruption} error")
+  summary.update(ce=ce, mce=float(np.mean(list(ce.values()))))
+  return summary
+
+
+def flip_rate(predictions, compare_to="previous"):
+  """The fraction of frame pairs whose top-1 prediction differs (ImageNet-P's flip probability).
+
+  As `flip_prob` in hendrycks/robustness ImageNet-P/test.py at difficulty 1: "previous" compares
+  consecutive frames (geometric sequences); "first" compares every frame with the first (noise
+  sequences, whose frames are independent draws around the clean image). Every sequence has the
+  same length, so the mean over sequences of per-sequence rates is the mean over all pairs.
+
+  Args:
+    predictions: int array `[N, T]`, N sequences of T >= 2 frames.
+    compare_to: "previous" or "first".
+  """
+  predictions = np.asarray(predictions)
+  if predictions.ndim != 2 or predictions.shape[1] < 2 or predictions.shape[0] == 0:
+    raise ValueError(f"predictions must be [N, T] with N >= 1, T >= 2, got {predictions.shape}")
+  if compare_to == "previous":
+    flips = predictions[:, 1:] != predictions[:, :-1]
+  elif compare_to == "first":
+    flips = predictions[:, 1:] != predictions[:, :1]
+  else:
+    raise ValueError(f"compare_to must be 'previous' or 'first', got {compare_to!r}")
+  return float(flips.mean())
+
+
+def flip_rates(model, dataset, normalize, *,
+               perturbations=tuple(corruptions_lib.PERTURBATIONS), num_frames=None, seed=0):
+  """Flip rate of the model's top-1 prediction along perturbation sequences of every image.
+
+  Args:
+    model, dataset, normalize: as for `corruption_errors` (labels are not used).
+    perturbations: names from `data.corruptions.PERTURBATIONS`.
+    num_frames: frames per sequence for every type; None uses CIFAR-10-P's per type.
+    seed: int (only noise sequences are random).
+
+  Returns:
+    {"seed", "num_examples", "num_frames": {p: T}, "compare_to": {p: "previous" | "first"},
+     "flip_rates": {p: rate}, "mean_flip_rate": mean over p}.
+  """
+  _check_names(perturbations, corruptions_lib.PERTURBATIONS, "perturbation")
+  predict = _predictor(model, normalize)
+  rates, frames_used, compare = {}, {}, {}
+  num_examples = 0
+  for name in perturbations:
+    spec = corruptions_lib.PERTURBATIONS_TABLE[name]
+    frames_used[name] = spec.num_frames if num_frames is None else num_frames
+    compare[name] = spec.compare_to
+    batch_seed = _batch_seeds(seed, name)
+    sequences = dataset.enumerate().map(
+        lambda index, batch, name=name, batch_seed=batch_seed: corruptions_lib.perturb(
+            batch[0], name, frames_used[name], batch_seed(index)),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    predictions = []
+    for frames in sequences:
+      # One forward pass per frame keeps the caller's batch size as the unit of memory.
+      predictions.append(np.stack([predict(frames[:, t]).numpy()
+                                   for t in range(frames.shape[1])], axis=1))
+    predictions = np.concatenate(predictions)
+    num_examples = len(predictions)
+    rates[name] = flip_rate(predictions, spec.compare_to)
+  return {"seed": int(seed), "num_examples": num_examples, "num_frames": frames_used,
+          "compare_to": compare, "flip_rates": rates,
+          "mean_flip_rate": float(np.mean(list(rates.values())))}
+
+
+def mean_flip_rate(rates, baseline_rates=None):
+  """Summarises `{perturbation: flip rate}`; with a baseline, ImageNet-P's normalised form:
+  FR_p / FR_p(baseline) per type and mFR, their mean.
+
+  Returns:
+    {"mean_flip_rate"} and, with a baseline, {"relative_flip_rates": {p: ratio}, "mfr"}.
+  """
+  if not rates:
+    raise ValueError("no flip rates to summarise")
+  summary = {"mean_flip_rate": float(np.mean(list(rates.values())))}
+  if baseline_rates is None:
+    return summary
+  missing = [p for p in rates if p not in baseline_rates]
+  if missing:
+    raise ValueError(f"the baseline has no flip rate for {missing[0]}")
+  relative = {p: _ratio(rate, baseline_rates[p], f"{p} flip rate") for p, rate in rates.items()}
+  summary.update(relative_flip_rates=relative, mfr=float(np.mean(list(relative.values()))))
+  return summary
+
+
+def _input_gradient_sign(model, normalize, x, labels):
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    logits = tf.cast(model(normalize(x), training=False), tf.float32)
+    loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+  return tf.sign(tape.gradient(loss, x)), logits
+
+
+def fgsm_attack(model, images, labels, normalize, epsilon):
+  """One-step FGSM (Goodfellow et al. 2015): clip(x + epsilon * sign(grad_x loss), 0, 255).
+
+  The loss is the softmax cross-entropy with the true labels, differentiated through `normalize`
+  and the model in inference mode. `epsilon` is on the [0, 255] pixel scale.
+
+  Returns:
+    float32 `[B, H, W, 3]` in [0, 255] (not rounded: a fractional epsilon stays fractional).
+  """
+  x = tf.cast(images, tf.float32)
+  sign, _ = _input_gradient_sign(model, normalize, x, _labels(labels))
+  return tf.clip_by_value(x + float(epsilon) * sign, 0.0, 255.0)
+
+
+def _epsilon_key(epsilon):
+  return f"{float(epsilon):g}"
+
+
+def fgsm_accuracy(model, dataset, normalize, epsilons=DEFAULT_EPSILONS):
+  """Top-1 accuracy under `fgsm_attack` at each epsilon (pixels on the [0, 255] scale).
+
+  Args:
+    model, dataset, normalize: as for `corruption_errors`; gradients flow through `normalize`.
+    epsilons: non-negative numbers on the [0, 255] pixel scale.
+
+  Returns:
+    {"epsilon_scale": "pixels in [0, 255]", "num_examples", "clean_accuracy",
+     "accuracy": {str(epsilon): accuracy}}.
+  """
+  epsilons = [float(e) for e in epsilons]
+  if any(e < 0 for e in epsilons):
+    raise ValueError(f"epsilons must be >= 0, got {epsilons}")
+
+  @tf.function(reduce_retracing=True)
+  def correct_counts(images, labels):
+    x = tf.cast(images, tf.float32)
+    sign, logits = _input_gradient_sign(model, normalize, x, labels)
+    counts = [tf.argmax(logits, axis=-1, output_type=tf.int32) == labels]
+    for epsilon in epsilons:
+      adversarial = tf.clip_by_value(x + epsilon * sign, 0.0, 255.0)
+      logits = model(normalize(adversarial), training=False)
+      counts.append(tf.argmax(logits, axis=-1, output_type=tf.int32) == labels)
+    return tf.reduce_sum(tf.cast(tf.stack(counts), tf.int32), axis=1)
+
+  correct, total = np.zeros(len(epsilons) + 1, np.int64), 0
+  for images, labels in dataset:
+    correct += correct_counts(images, _labels(labels)).numpy()
+    total += int(tf.shape(labels)[0])
+  if total == 0:
+    raise ValueError("the evaluation dataset is empty")
+  return {"epsilon_scale": "pixels in [0, 255]", "num_examples": total,
+          "clean_accuracy": float(correct[0] / total),
+          "accuracy": {_epsilon_key(e): float(c / total) for e, c in zip(epsilons, correct[1:])}}
+
+
+def _baseline_section(baseline, kind):
+  if baseline is None:
+    return None
+  baseline = baseline.get("robustness", baseline)  # a whole metrics.json is fine too
+  return baseline.get(kind)
+
+
+def evaluate_robustness(model, dataset, normalize, kinds, *, baseline=None, seed=0,
+                        corruptions=tuple(corruptions_lib.CORRUPTIONS),
+                        severities=corruptions_lib.SEVERITIES, table=corruptions_lib.DEFAULT_TABLE,
+                        perturbations=tuple(corruptions_lib.PERTURBATIONS), num_frames=None,
+                        epsilons=DEFAULT_EPSILONS):
+  """Runs the requested robustness evaluations and returns one JSON-able dict.
+
+  Args:
+    kinds: some of "corruptions", "perturbations", "fgsm" (a sequence, or one comma-separated
+      string as the --robustness flag gives).
+    baseline: an earlier result of this function (e.g. the teacher's), or a metrics.json holding it
+      under "robustness"; when it has the section, corruptions gain CE/mCE and perturbations the
+      relative flip rates and mFR.
+
+  Returns:
+    {"corruptions": corruption_errors(...) | mean_corruption_error(...),
+     "perturbations": flip_rates(...) | mean_flip_rate(...),
+     "fgsm": fgsm_accuracy(...)}, with only the requested kinds.
+  """
+  kinds = [k.strip() for k in kinds.split(",") if k.strip()] if isinstance(kinds, str) else kinds
+  _check_names(kinds, KINDS, "robustness kind")
+  results = {}
+  if "corruptions" in kinds:
+    result = corruption_errors(model, dataset, normalize, corruptions=corruptions,
+                               severities=severities, seed=seed, table=table)
+    base = _baseline_section(baseline, "corruptions")
+    result.update(mean_corruption_error(result["errors"], base.get("errors") if base else None))
+    results["corruptions"] = result
+  if "perturbations" in kinds:
+    result = flip_rates(model, dataset, normalize, perturbations=perturbations,
+                        num_frames=num_frames, seed=seed)
+    base = _baseline_section(baseline, "perturbations")
+    result.update(mean_flip_rate(result["flip_rates"], base.get("flip_rates") if base else None))
+    results["perturbations"] = result
+  if "fgsm" in kinds:
+    results["fgsm"] = fgsm_accuracy(model, dataset, normalize, epsilons)
+  return results
+
+
+def _plot_corruptions(axes, runs):
+  corruptions = runs[0][1]["errors"]
+  for ax, name in zip(axes, corruptions):
+    for label, result in runs:
+      by_severity = result["errors"].get(name, {})
+      severities = sorted(by_severity, key=int)
+      line, = ax.plot([int(s) for s in severities], [100 * by_severity[s] for s in severities],
+                      marker="o", label=label)
+      ax.axhline(100 * result["clean_error"], color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set_title(name, fontsize=9)
+    ax.set_xlabel("severity")
+    ax.set_ylabel("top-1 error (%)")
+    ax.set_xticks(list(corruptions_lib.SEVERITIES))
+
+
+def _plot_bars(ax, runs, key, title, ylabel):
+  names = list(runs[0][1][key])
+  width = 0.8 / len(runs)
+  for i, (label, result) in enumerate(runs):
+    values = [100 * result[key].get(n, np.nan) for n in names]
+    ax.bar(np.arange(len(names)) + i * width, values, width, label=label)
+  ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=30, fontsize=8)
+  ax.set_title(title, fontsize=9)
+  ax.set_ylabel(ylabel)
+
+
+def _plot_fgsm(ax, runs):
+  for label, result in runs:
+    epsilons = sorted(result["accuracy"], key=float)
+    ax.plot([0] + [float(e) for e in epsilons],
+            [100 * result["clean_accuracy"]] + [100 * result["accuracy"][e] for e in epsilons],
+            marker="o", label=label)
+  ax.set_title("FGSM", fontsize=9)
+  ax.set_xlabel("epsilon (pixels of 255)")
+  ax.set_ylabel("top-1 accuracy (%)")
+
+
+def _summary_line(results):
+  parts = []
+  if results.get("corruptions"):
+    parts.append(f"mean corruption error {100 * results['corruptions']['mean_error']:.1f}%")
+    if "mce" in results["corruptions"]:
+      parts.append(f"mCE {100 * results['corruptions']['mce']:.1f}%")
+  if results.get("perturbations"):
+    parts.append(f"mean flip rate {100 * results['perturbations']['mean_flip_rate']:.2f}%")
+    if "mfr" in results["perturbations"]:
+      parts.append(f"mFR {100 * results['perturbations']['mfr']:.1f}%")
+  return ", ".join(parts)
+
+
+def plot_robustness(results, path, baseline_results=None, *, labels=("model", "baseline")):
+  """Writes a PNG of `evaluate_robustness` results: error by corruption and severity (one panel
+  per corruption; dotted: clean error), flip rate per perturbation and FGSM accuracy by epsilon,
+  with the baseline's (e.g. teacher's) beside the model's when given. Written to a temporary name,
+  then renamed.
+  """
+  def runs(kind):
+    pairs = [(labels[0], results[kind])]
+    if baseline_results is not None and _baseline_section(baseline_results, kind):
+      pairs.append((labels[1], _baseline_section(baseline_results, kind)))
+    return pairs
+
+  kinds = [kind for kind in KINDS if results.get(kind)]
+  if not kinds:
+    raise ValueError("no robustness results to plot")
+  corruption_names = list(results["corruptions"]["errors"]) if "corruptions" in kinds else []
+  panels = len(corruption_names) + len(kinds) - ("corruptions" in kinds)
+  columns = min(4, panels)
+  rows = -(-panels // columns)
+  # A bare Figure renders with Agg and leaves pyplot's global state (and backend) alone.
+  figure = mpl_figure.Figure(figsize=(3.2 * columns, 2.6 * rows + 0.4))
+  axes = list(figure.subplots(rows, columns, squeeze=False).flat)
+  if corruption_names:
+    _plot_corruptions(axes[:len(corruption_names)], runs("corruptions"))
+  position = len(corruption_names)
+  if "perturbations" in kinds:
+    _plot_bars(axes[position], runs("perturbations"), "flip_rates", "flip rate", "flip rate (%)")
+    position += 1
+  if "fgsm" in kinds:
+    _plot_fgsm(axes[position], runs("fgsm"))
+    position += 1
+  for ax in axes[position:]:
+    ax.set_visible(False)
+  if baseline_results is not None:
+    axes[0].legend(fontsize=8)
+  figure.suptitle(f"{labels[0]}: {_summary_line(results)}", fontsize=10)
+  figure.tight_layout()
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=100)
+  tmp = records.temporary_path(path)
+  try:
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+      f.write(buffer.getvalue())
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+  except BaseException:
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.remove(tmp)
+    raise
