@@ -302,11 +302,10 @@ def run_eval():
   evaluate.save_metrics(metrics, output)
   if FLAGS.robustness:
     from noisy_student import robustness  # pylint: disable=g-import-not-at-top
-    metrics["robustness"] = robustness.run_robustness_eval(
-        model, FLAGS.eval_data, prep, output, kinds=FLAGS.robustness,
-        baseline=FLAGS.robustness_baseline,
-        epsilons=[float(e) for e in FLAGS.fgsm_epsilons], batch_size=FLAGS.batch_size,
-        seed=FLAGS.seed)
+    metrics["robustness"] = robustness.robustness_phase(
+        model, FLAGS.eval_data, prep, output, FLAGS.robustness,
+        baseline=FLAGS.robustness_baseline, epsilons=[float(e) for e in FLAGS.fgsm_epsilons],
+        batch_size=FLAGS.batch_size, seed=FLAGS.seed)
   _print({k: metrics[k] for k in ("top1", "top5", "loss", "num_examples")})
 
 

@@ -178,8 +178,13 @@ def student_dataset(labeled, pseudo, batch_size, unlabeled_batch_ratio):
                   num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
 
-def eval_dataset(data, config, *, batch_size, split=None, with_keys=False):
+def eval_dataset(data, config, *, batch_size, split=None, with_keys=False, normalized=True):
   """Ordered, unaugmented evaluation stream (eval preprocessing).
+
+  Args:
+    normalized: False gives uint8 pixels (cropped and resized, rounded and clipped) for code that
+      alters images before the model, such as robustness evaluation; it then normalises itself
+      with `preprocess.normalize`.
 
   Returns:
     Dataset of (image float32 [B, S, S, 3], label int32 [B]), or (image, label, key string [B])
@@ -188,7 +193,11 @@ def eval_dataset(data, config, *, batch_size, split=None, with_keys=False):
   """
   def parse(serialized):
     example = _parse(serialized)
-    image = preprocess.eval_transform(example["encoded"], config)
+    if normalized:
+      image = preprocess.eval_transform(example["encoded"], config)
+    else:
+      pixels = preprocess.eval_pixels(example["encoded"], config)
+      image = tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
     return image, tf.cast(example["label"], tf.int32), example["key"]
 
   rows = ordered_records(resolve_shards(data, split))

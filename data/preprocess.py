@@ -85,15 +85,20 @@ def center_crop_window(shape, image_size):
   return ((height - crop) + 1) // 2, ((width - crop) + 1) // 2, crop, crop
 
 
-def eval_transform(encoded, config):
-  """Image bytes -> normalised float32 [S, S, 3]; deterministic (eval and predict)."""
+def eval_pixels(encoded, config):
+  """Image bytes -> float32 [S, S, 3] on the 0-255 scale, cropped and resized, not normalised."""
   size = config.image_size
   if config.small_image:
     image = _resize_if_needed(decode.decode_rgb(encoded), size)
   else:
     image = decode.decode_and_crop(encoded, lambda shape: center_crop_window(shape, size))
     image = resize_bicubic(image, size)
-  return normalize(tf.ensure_shape(image, [size, size, 3]), config)
+  return tf.cast(tf.ensure_shape(image, [size, size, 3]), tf.float32)
+
+
+def eval_transform(encoded, config):
+  """Image bytes -> normalised float32 [S, S, 3]; deterministic (eval and predict)."""
+  return normalize(eval_pixels(encoded, config), config)
 
 
 def train_transform(encoded, seed, config):

@@ -64,12 +64,46 @@ def prediction_records(keys, probabilities, top_k=None):
                                  confidence=confidences[i])
 
 
-def _shard_records(model, dataset, config, progress):
+def undecodable_record(key, num_classes, top_k=None):
+  """The placeholder for an input record whose image does not decode: NaN confidence and soft
+  label, so that record i of a prediction shard stays record i of its input shard and the filter
+  counts it as invalid instead of misaligning everything after it."""
+  width = top_k or num_classes
+  nan = np.full(width, np.nan, np.float32)
+  if top_k is None:
+    return records.make_example(key=key, label=-1, probabilities=nan, confidence=np.nan)
+  return records.make_example(key=key, label=-1, top_k_classes=np.zeros(width, np.int64),
+                              top_k_probabilities=nan, confidence=np.nan)
+
+
+def _input_keys(shard):
+  spec = {records.KEY: tf.io.FixedLenFeature([], tf.string, default_value="")}
+  keys = pipeline.ordered_records([shard]).map(
+      lambda r: tf.io.parse_single_example(r, spec)[records.KEY])
+  return list(keys.as_numpy_iterator())
+
+
+def _shard_records(model, shard, dataset, config, progress, skipped):
+  """Prediction records in input order; images that do not decode get placeholders."""
   infer = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+  num_classes = int(model.output.shape[-1])
+  expected = iter(_input_keys(shard))
   for keys, images in dataset:
     probabilities = soft_labels(infer(images).numpy(), config.temperature)
     progress.add(len(probabilities))
-    yield from prediction_records(keys.numpy(), probabilities, config.top_k)
+    for key, serialized in zip(keys.numpy(), prediction_records(keys.numpy(), probabilities,
+                                                                 config.top_k)):
+      for missing in expected:
+        if missing == key:
+          break
+        skipped.append(missing.decode(errors="replace"))
+        yield undecodable_record(missing, num_classes, config.top_k)
+      else:
+        raise RuntimeError(f"predict: key {key!r} is out of order in {shard}")
+      yield serialized
+  for missing in expected:
+    skipped.append(missing.decode(errors="replace"))
+    yield undecodable_record(missing, num_classes, config.top_k)
 
 
 class _Progress:
@@ -125,13 +159,20 @@ def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config):
       logging.info("predict: %s exists, skipped", output)
       continue
     dataset = pipeline.predict_dataset(shard, preprocess_config, batch_size=config.batch_size)
-    count = records.write_atomically(output, _shard_records(model, dataset, config, progress))
-    entries.append({"input": shard, "output": os.path.basename(output), "count": count})
+    skipped = []
+    count = records.write_atomically(
+        output, _shard_records(model, shard, dataset, config, progress, skipped))
+    if skipped:
+      logging.warning("predict: %d undecodable images in %s (e.g. key %s), marked invalid",
+                      len(skipped), shard, skipped[0])
+    entries.append({"input": shard, "output": os.path.basename(output), "count": count,
+                    "undecodable": len(skipped), "undecodable_keys": skipped[:100]})
   summary = {
       "num_classes": int(model.output.shape[-1]), "temperature": config.temperature,
       "top_k": config.top_k, "num_workers": config.num_workers,
       "worker_index": config.worker_index, "shards": entries,
       "images": sum(e["count"] for e in entries), "images_predicted_now": progress.count,
+      "undecodable": sum(e.get("undecodable", 0) for e in entries),
       "images_per_second": round(progress.rate, 2),
   }
   records.write_text_atomically(os.path.join(output_dir, summary_name(config)),

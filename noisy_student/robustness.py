@@ -435,3 +435,45 @@ def plot_robustness(results, path, baseline_results=None, *, labels=("model", "b
     if tf.io.gfile.exists(tmp):
       tf.io.gfile.remove(tmp)
     raise
+
+
+def robustness_phase(model, eval_data, preprocess_config, output_dir, kinds, *, baseline=None,
+                     epsilons=DEFAULT_EPSILONS, batch_size=256, seed=0):
+  """eval --robustness: runs `evaluate_robustness` on an eval split and saves JSON and a plot.
+
+  Args:
+    model: the evaluated model (EMA weights), logits from normalised images.
+    eval_data: directory with manifest.json or glob of eval shards.
+    preprocess_config: the model's eval preprocessing (size, mean/std).
+    output_dir: gets robustness.json and robustness.png.
+    kinds: some of KINDS.
+    baseline: path of a robustness.json (or metrics.json) to normalise mCE/mFR by, e.g. the
+      teacher's; its results are drawn beside this model's.
+    epsilons: FGSM epsilons on the 0-255 scale.
+    batch_size: images per batch.
+    seed: seeds every corruption and perturbation.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from data import pipeline  # pylint: disable=g-import-not-at-top
+  from data import preprocess  # pylint: disable=g-import-not-at-top
+  from data import records  # pylint: disable=g-import-not-at-top
+
+  baseline_results = None
+  if baseline:
+    if not tf.io.gfile.exists(baseline):
+      raise FileNotFoundError(f"--robustness_baseline {baseline!r} does not exist")
+    with tf.io.gfile.GFile(baseline) as f:
+      baseline_results = json.load(f)
+    baseline_results = baseline_results.get("robustness", baseline_results)
+  pixels = pipeline.eval_dataset(eval_data, preprocess_config, batch_size=batch_size,
+                                 normalized=False)
+  results = evaluate_robustness(
+      model, pixels, lambda images: preprocess.normalize(images, preprocess_config), kinds,
+      baseline=baseline_results, seed=seed, epsilons=tuple(epsilons))
+  tf.io.gfile.makedirs(output_dir)
+  records.write_text_atomically(os.path.join(output_dir, "robustness.json"),
+                                json.dumps(results, indent=1) + "\n")
+  plot_robustness(results, os.path.join(output_dir, "robustness.png"),
+                  baseline_results=baseline_results, labels=("model", "baseline"))
+  return results
