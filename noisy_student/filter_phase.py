@@ -43,6 +43,9 @@ import tensorflow as tf
 from data import manifest as manifest_lib
 from data import records
 from noisy_student import filter_balance
+from noisy_student import plots
+
+HISTOGRAM_BINS = 20  # confidence bins of the report plot
 
 SUMMARY = "summary.json"
 STATS = "stats.json"
@@ -112,14 +115,20 @@ def filter_and_balance_phase(predictions, unlabeled_data, output_dir, *, thresho
   selector = filter_balance.Selector(num_classes, threshold=threshold,
                                      images_per_class=images_per_class, duplicate=duplicate,
                                      seed=seed)
-  counts = _scan_predictions(pairs, soft, num_classes, selector, batch_size)
+  histogram = np.zeros((num_classes, HISTOGRAM_BINS), np.int64)
+  counts = _scan_predictions(pairs, soft, num_classes, selector, batch_size, histogram)
   selection = selector.result()
   if selection.empty_classes:
     logging.warning("filter: %d classes have no kept record and stay empty: %s",
                     len(selection.empty_classes), selection.empty_classes[:20])
   shard_names = _write_training_shards(pairs, counts, selection, soft, output_dir, num_shards,
                                        seed, batch_size)
-  return _save_summaries(output_dir, pairs, counts, selection, soft, shard_names, summary)
+  stats = _save_summaries(output_dir, pairs, counts, selection, soft, shard_names, summary)
+  plots.confidence_histograms(histogram, os.path.join(output_dir, "confidence_per_class.png"),
+                              threshold=threshold)
+  plots.class_counts(selection.after_threshold, selection.with_copies,
+                     os.path.join(output_dir, "class_counts.png"))
+  return stats
 
 
 def _resolve_pairs(predictions, unlabeled_data):
@@ -260,8 +269,15 @@ def _batches(path, batch_size, parse):
           .map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2).as_numpy_iterator())
 
 
-def _scan_predictions(pairs, soft, num_classes, selector, batch_size):
-  """Pass 1: feeds every prediction record to the selector; returns the records per shard."""
+def _add_to_histogram(histogram, labels, confidences):
+  valid = np.isfinite(confidences) & (labels >= 0) & (labels < histogram.shape[0])
+  bins = np.clip((confidences[valid] * HISTOGRAM_BINS).astype(np.int64), 0, HISTOGRAM_BINS - 1)
+  np.add.at(histogram, (labels[valid], bins), 1)
+
+
+def _scan_predictions(pairs, soft, num_classes, selector, batch_size, histogram):
+  """Pass 1: feeds every prediction record to the selector (and the per-class confidence
+  histogram of the report); returns the records per shard."""
   parse = _label_and_confidence(soft, num_classes)
   counts, total, start = [], 0, time.perf_counter()
   for index, pair in enumerate(pairs):
@@ -269,6 +285,7 @@ def _scan_predictions(pairs, soft, num_classes, selector, batch_size):
     try:
       for labels, confidences in _batches(pair.prediction, batch_size, parse):
         selector.add(labels, confidences, np.arange(total + count, total + count + len(labels)))
+        _add_to_histogram(histogram, labels, confidences)
         count += len(labels)
         logging.log_every_n_seconds(logging.INFO, "filter pass 1: shard %d/%d, %.0f records/s",
                                     _LOG_EVERY_S, index + 1, len(pairs),

@@ -16,7 +16,7 @@ class LabeledAccuracy(keras.metrics.Mean):
 
   def update_state(self, y_true, y_pred, sample_weight=None):
     del sample_weight
-    rows = losses._labeled_rows(y_true, self.labeled_batch_size)  # pylint: disable=protected-access
+    rows = losses.labeled_rows(y_true, self.labeled_batch_size)
     hits = ops.equal(ops.argmax(y_true[:rows], axis=-1), ops.argmax(y_pred[:rows], axis=-1))
     return super().update_state(ops.cast(hits, "float32"))
 

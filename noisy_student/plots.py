@@ -1,5 +1,7 @@
 """PNG report plots written next to the phases' JSON (matplotlib, Agg backend, atomic writes)."""
 
+import io
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -11,32 +13,42 @@ from data import records  # noqa: E402
 
 
 def _save(figure, path):
-  tmp = records.temporary_path(path) + ".png"
+  """PNG bytes in memory, then temporary file + rename: works for gs:// and never leaves a
+  half-written plot under the final name."""
+  buffer = io.BytesIO()
   figure.tight_layout()
-  figure.savefig(tmp, dpi=110)
+  figure.savefig(buffer, format="png", dpi=110)
   plt.close(figure)
+  tmp = records.temporary_path(path)
+  with tf.io.gfile.GFile(tmp, "wb") as f:
+    f.write(buffer.getvalue())
   tf.io.gfile.rename(tmp, path, overwrite=True)
   return path
 
 
-def confidence_histograms(labels, confidences, path, *, threshold=None, class_names=None):
-  """Per class: histogram of the teacher's confidence on the images it assigned to that class."""
-  labels, confidences = np.asarray(labels), np.asarray(confidences)
-  classes = np.unique(labels) if class_names is None else np.arange(len(class_names))
-  columns = min(5, len(classes)) or 1
-  rows = int(np.ceil(len(classes) / columns)) or 1
+def confidence_histograms(histogram, path, *, threshold=None, class_names=None):
+  """Per class: how confident the teacher was on the images it assigned to that class.
+
+  Args:
+    histogram: counts [C, bins] over equal confidence bins of [0, 1].
+  """
+  histogram = np.asarray(histogram)
+  num_classes, bins = histogram.shape
+  columns = min(5, num_classes)
+  rows = int(np.ceil(num_classes / columns))
   figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.0 * rows), squeeze=False,
                               sharex=True)
-  bins = np.linspace(0, 1, 21)
-  for ax, c in zip(axes.flat, classes):
-    ax.hist(confidences[labels == c], bins=bins, color="tab:blue")
+  edges = np.linspace(0, 1, bins + 1)
+  for c, ax in enumerate(axes.flat):
+    if c >= num_classes:
+      ax.axis("off")
+      continue
+    ax.bar(edges[:-1], histogram[c], width=1 / bins, align="edge", color="tab:blue")
     if threshold:
       ax.axvline(threshold, color="tab:red", linewidth=1)
-    ax.set_title(class_names[c] if class_names is not None else f"class {c}", fontsize=8)
+    ax.set_title(class_names[c] if class_names else f"class {c}", fontsize=8)
     ax.tick_params(labelsize=6)
-  for ax in list(axes.flat)[len(classes):]:
-    ax.axis("off")
-  figure.suptitle("pseudo-label confidence per class (red: threshold)", fontsize=9)
+  figure.suptitle("teacher confidence per predicted class (red: threshold)", fontsize=9)
   return _save(figure, path)
 
 

@@ -278,6 +278,8 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
     model.compile(optimizer=optimizer, loss=losses.NoisyStudentLoss(**loss_args),
                   metrics=[metrics.LabeledAccuracy(config.batch_size),
                            losses.LabeledLoss(**loss_args), losses.UnlabeledLoss(**loss_args)])
+    # Built here, not inside the first traced step: a third of the first fit's trace time.
+    optimizer.build(model.trainable_variables)
 
   run_facts = {"num_labeled": num_labeled, "steps_per_epoch": steps_per_epoch,
                "total_steps": total_steps, "steps_per_keras_epoch": chunk,
