@@ -32,6 +32,8 @@ flags.DEFINE_enum("model", "efficientnet-b0", list(spec.VARIANTS), "EfficientNet
 flags.DEFINE_integer("image_size", None, "Input resolution (default: the variant's, 32 with "
                      "--small_image).", lower_bound=8)
 flags.DEFINE_bool("small_image", False, "The reference's 32x32 model and preprocessing.")
+flags.DEFINE_bool("pad_crop", None, "Small-image preprocessing (reflect-pad 4 + random crop; no "
+                  "eval center crop) instead of the inception crop (default: --small_image).")
 flags.DEFINE_float("width_coefficient", None, "Override the variant's width scaling.",
                    lower_bound=0.01)
 flags.DEFINE_float("depth_coefficient", None, "Override the variant's depth scaling.",
@@ -173,6 +175,7 @@ def train_config(**overrides):
     raise app.UsageError("train needs --epochs or --train_steps")
   values = dict(
       model=FLAGS.model, image_size=FLAGS.image_size, small_image=FLAGS.small_image,
+      pad_crop=FLAGS.pad_crop,
       width_coefficient=FLAGS.width_coefficient, depth_coefficient=FLAGS.depth_coefficient,
       dropout_rate=FLAGS.dropout_rate, survival_prob=FLAGS.survival_prob,
       num_classes=FLAGS.num_classes, batch_size=FLAGS.batch_size,
@@ -247,11 +250,12 @@ def _preprocess_for(checkpoint):
   run = checkpoints.load_run_config(checkpoint) if FLAGS.checkpoint_format == "keras" else None
   if run is not None:
     size = FLAGS.image_size or run["image_size"]
-    small = run["config"]["small_image"]
+    small = run["config"]["small_image"] if run["config"].get("pad_crop") is None else (
+        run["config"]["pad_crop"])
     mean, std = run["mean"], run["std"]
   else:
     size = FLAGS.image_size or (32 if FLAGS.small_image else spec.VARIANTS[FLAGS.model].resolution)
-    small = FLAGS.small_image
+    small = FLAGS.small_image if FLAGS.pad_crop is None else FLAGS.pad_crop
     mean, std = preprocess.NORMALIZATIONS["imagenet" if FLAGS.normalization == "manifest"
                                           else FLAGS.normalization]
   return preprocess.PreprocessConfig(image_size=size, small_image=small, mean=tuple(mean),

@@ -45,6 +45,7 @@ class TrainConfig:
   model: str = "efficientnet-b0"
   image_size: int | None = None
   small_image: bool = False
+  pad_crop: bool | None = None
   width_coefficient: float | None = None
   depth_coefficient: float | None = None
   dropout_rate: float | None = None
@@ -94,6 +95,12 @@ def count_examples(data):
   return sum(1 for _ in pipeline.ordered_records(pipeline.resolve_shards(data)))
 
 
+def uses_pad_crop(config):
+  """Small-image preprocessing (pad-and-crop; eval without a center crop): --pad_crop, by
+  default what --small_image says."""
+  return config.small_image if config.pad_crop is None else config.pad_crop
+
+
 def preprocess_config(config, labeled_data, *, image_size=None, train=True):
   """The PreprocessConfig of a run; mean/std from the labeled data's manifest or a named set."""
   if config.normalization == "manifest":
@@ -103,7 +110,7 @@ def preprocess_config(config, labeled_data, *, image_size=None, train=True):
   size = image_size or config.image_size or (
       32 if config.small_image else efficientnet.get_variant(config.model).resolution)
   return preprocess.PreprocessConfig(
-      image_size=size, small_image=config.small_image,
+      image_size=size, small_image=uses_pad_crop(config),
       randaugment_layers=config.randaugment_layers if train else 0,
       randaugment_magnitude=config.randaugment_magnitude, cutout=config.cutout and train,
       flip=config.flip, mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))

@@ -14,7 +14,8 @@ from absl import flags  # noqa: E402
 import main  # noqa: E402
 
 GROUPS = (
-    ("Common (every mode)", "mode workdir model image_size small_image width_coefficient "
+    ("Common (every mode)", "mode workdir model image_size small_image pad_crop "
+     "width_coefficient "
      "depth_coefficient num_classes seed strategy tpu mixed_precision batch_size normalization"),
     ("Data (train, finetune, predict, filter, eval, iterate)",
      "labeled_data unlabeled_data eval_data pseudo_labeled_data"),
