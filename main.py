@@ -140,6 +140,8 @@ flags.DEFINE_float("teacher_epochs", None, "iterate: teacher length (default --e
                    lower_bound=0)
 flags.DEFINE_float("student_epochs", None, "iterate: student length (default --epochs).",
                    lower_bound=0)
+flags.DEFINE_enum("student_init", "scratch", ["scratch", "teacher"], "iterate: train students "
+                  "from scratch (the paper) or start them from their teacher's weights.")
 
 
 @flags.validator("robustness", message=f"--robustness takes {', '.join(ROBUSTNESS)}")
@@ -170,9 +172,6 @@ flags.register_multi_flags_validator(
 
 def train_config(**overrides):
   from noisy_student import train  # pylint: disable=g-import-not-at-top
-  epochs, steps = FLAGS.epochs, FLAGS.train_steps
-  if epochs is None and steps is None:
-    raise app.UsageError("train needs --epochs or --train_steps")
   values = dict(
       model=FLAGS.model, image_size=FLAGS.image_size, small_image=FLAGS.small_image,
       pad_crop=FLAGS.pad_crop,
@@ -180,7 +179,8 @@ def train_config(**overrides):
       dropout_rate=FLAGS.dropout_rate, survival_prob=FLAGS.survival_prob,
       num_classes=FLAGS.num_classes, batch_size=FLAGS.batch_size,
       unlabeled_batch_ratio=FLAGS.unlabeled_batch_ratio, pseudo_labels=FLAGS.pseudo_labels,
-      epochs=epochs, train_steps=steps, base_learning_rate=FLAGS.base_learning_rate,
+      epochs=FLAGS.epochs, train_steps=FLAGS.train_steps,
+      base_learning_rate=FLAGS.base_learning_rate,
       final_learning_rate=FLAGS.final_learning_rate, warmup_epochs=FLAGS.warmup_epochs,
       lr_decay_epochs=FLAGS.lr_decay_epochs, lr_decay_factor=FLAGS.lr_decay_factor,
       weight_decay=FLAGS.weight_decay, label_smoothing=FLAGS.label_smoothing,
@@ -189,6 +189,8 @@ def train_config(**overrides):
       normalization=FLAGS.normalization, freeze_blocks=FLAGS.freeze_blocks,
       mixed_precision=FLAGS.mixed_precision, seed=FLAGS.seed)
   values.update(overrides)
+  if values["epochs"] is None and values["train_steps"] is None:
+    raise app.UsageError(f"--mode={FLAGS.mode} needs --epochs or --train_steps")
   return train.TrainConfig(**values)
 
 
@@ -328,7 +330,8 @@ def run_iterate():
                        images_per_class=FLAGS.images_per_class if FLAGS.balance else None,
                        duplicate=FLAGS.duplicate_to_balance, seed=FLAGS.seed),
       temperature=FLAGS.temperature, strategy=_strategy(),
-      student_overrides={"epochs": FLAGS.student_epochs} if FLAGS.student_epochs else None)
+      student_overrides={"epochs": FLAGS.student_epochs} if FLAGS.student_epochs else None,
+      student_init=FLAGS.student_init)
   _print(summary["table"])
 
 

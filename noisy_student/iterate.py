@@ -59,7 +59,8 @@ def _eval(checkpoint, eval_data, directory, labeled_data, config):
 
 
 def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_data, eval_data,
-            filter_args, temperature=1.0, strategy=None, student_overrides=None):
+            filter_args, temperature=1.0, strategy=None, student_overrides=None,
+            student_init="scratch"):
   """Runs K = len(student_models) Noisy Student rounds.
 
   Args:
@@ -71,6 +72,8 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
     temperature: of the teacher's soft labels.
     strategy: tf.distribute strategy for training.
     student_overrides: TrainConfig fields to change for students (e.g. epochs).
+    student_init: "scratch" (the paper) or "teacher": start each student from its teacher's
+      weights where layer shapes match, which reaches a given accuracy in fewer steps.
 
   Returns:
     The summary (also `<workdir>/summary.json`): per round model, top-1, top-5, kept images.
@@ -105,8 +108,9 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
     stats = _phase(filter_dir, lambda: filter_phase.filter_and_balance_phase(
         predict_dir, unlabeled_data, filter_dir, **filter_args))
     config = dataclasses.replace(teacher_config, model=student, **(student_overrides or {}))
+    init = teacher_dir if student_init == "teacher" else None
     _phase(student_dir, lambda: train.train(config, labeled_data, student_dir,
-                                            pseudo_labeled_data=filter_dir,
+                                            pseudo_labeled_data=filter_dir, init_checkpoint=init,
                                             strategy=strategy)["total_steps"])
     metrics = _phase(eval_dir, lambda: _eval(student_dir, eval_data, eval_dir, labeled_data,
                                              config))

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 
 import keras
@@ -210,7 +211,7 @@ class _RunFacts(keras.callbacks.Callback):
 
 
 def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=None,
-          init_checkpoint=None, init_checkpoint_format="keras", strategy=None, verbose="auto"):
+          init_checkpoint=None, init_checkpoint_format="keras", strategy=None, verbose=None):
   """Trains a teacher (no pseudo_labeled_data), a student, or a fine-tuned model.
 
   Args:
@@ -222,7 +223,8 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
     init_checkpoint: warm start from a train workdir / .keras file (or a reference checkpoint).
     init_checkpoint_format: "keras" or "reference".
     strategy: a tf.distribute strategy (default: the current one).
-    verbose: Keras progress bar setting.
+    verbose: Keras fit verbosity; default: a progress bar on a terminal, a line per Keras epoch
+      otherwise (logs stay readable).
 
   Returns:
     dict with the Keras history, the final eval metrics (if eval_data) and run facts.
@@ -305,6 +307,8 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
       keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
       keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), update_freq="epoch"),
   ]
+  if verbose is None:
+    verbose = 1 if sys.stdout.isatty() else 2
   history = model.fit(dataset, epochs=total_steps // chunk, steps_per_epoch=chunk,
                       callbacks=callbacks, verbose=verbose)
 

@@ -29,7 +29,7 @@ GROUPS = (
     ("filter (also iterate)",
      "predictions confidence_threshold images_per_class balance duplicate_to_balance"),
     ("eval: robustness", "robustness robustness_baseline fgsm_epsilons"),
-    ("iterate", "iterations student_models teacher_epochs student_epochs"),
+    ("iterate", "iterations student_models teacher_epochs student_epochs student_init"),
 )
 
 HEADER = """# Flags of main.py
