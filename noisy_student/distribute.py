@@ -11,7 +11,8 @@ def build_strategy(name="auto", tpu=None):
   """Returns a tf.distribute.Strategy.
 
   auto: TPU when `tpu` is given, MirroredStrategy over all GPUs when there are several, else the
-  default strategy on the one device there is. multi_worker reads the cluster from TF_CONFIG.
+  default strategy on the one device there is. mirrored: every GPU, or without GPUs every
+  logical CPU device. multi_worker reads the cluster from TF_CONFIG.
   """
   if name not in STRATEGIES:
     raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
@@ -24,7 +25,10 @@ def build_strategy(name="auto", tpu=None):
     tf.tpu.experimental.initialize_tpu_system(resolver)
     strategy = tf.distribute.TPUStrategy(resolver)
   elif name == "mirrored":
-    strategy = tf.distribute.MirroredStrategy()
+    # MirroredStrategy() alone takes every GPU but only the first CPU; without GPUs, every
+    # logical CPU device (tf.config.set_logical_device_configuration) gets a replica.
+    devices = gpus or tf.config.list_logical_devices("CPU")
+    strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
   elif name == "multi_worker":
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
   elif name == "gpu":
@@ -32,7 +36,9 @@ def build_strategy(name="auto", tpu=None):
       raise ValueError("--strategy=gpu but TensorFlow sees no GPU")
     strategy = tf.distribute.OneDeviceStrategy(gpus[0].name)
   else:
-    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    # The default strategy: OneDeviceStrategy("/cpu:0") works too but runs Keras' distributed
+    # input and step path, about 3x slower per image on a 2-core CPU.
+    strategy = tf.distribute.get_strategy()
   logging.info("Strategy %s with %d replica(s)", type(strategy).__name__,
                strategy.num_replicas_in_sync)
   return strategy
