@@ -1,4 +1,4 @@
-"""Noisy Student training: `python main.py --mode=convert|train|finetune|predict|filter|eval|iterate`.
+"""Noisy Student: `python main.py --mode=convert|train|finetune|predict|filter|eval|iterate|beam`.
 
 The only module that reads flags: each mode turns them into arguments of one phase function
 (noisy_student/, data/). Every flag is documented in flags.md; `--flagfile=recipes/<name>.flags`
@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from efficientnet import spec  # noqa: E402  (pure Python: no TensorFlow import here)
 
-MODES = ("convert", "train", "finetune", "predict", "filter", "eval", "iterate")
+MODES = ("convert", "train", "finetune", "predict", "filter", "eval", "iterate", "beam")
 SOURCES = ("folder", "idx", "svhn_mat", "npz", "tfds")
 ROBUSTNESS = ("corruptions", "perturbations", "fgsm")
 DEFAULT_DATA = "workdir/fashion_mnist"
@@ -61,9 +61,10 @@ flags.DEFINE_enum("normalization", "manifest", ["manifest", "imagenet", "svhn"],
 # convert.
 flags.DEFINE_enum("source", "idx", SOURCES, "convert: input format.")
 flags.DEFINE_string("input", "/usr/share/datasets/fashion-mnist", "convert: input path.")
-flags.DEFINE_string("output", None, "convert/predict/filter: output directory.")
+flags.DEFINE_string("output", None, "convert/predict/filter/beam: output directory.")
 flags.DEFINE_string("split", "train", "convert: split name (for idx also train or t10k).")
-flags.DEFINE_integer("num_shards", 4, "convert/filter: number of output shards.", lower_bound=1)
+flags.DEFINE_integer("num_shards", 4, "convert/filter/beam: number of output shards.",
+                     lower_bound=1)
 flags.DEFINE_bool("unlabeled", False, "convert: drop the labels.")
 flags.DEFINE_integer("limit", None, "convert: only the first N images.", lower_bound=1)
 flags.DEFINE_integer("labeled_per_class", None, "convert: afterwards split the converted data "
@@ -125,6 +126,11 @@ flags.DEFINE_integer("images_per_class", 130000, "filter: per-class target N.", 
 flags.DEFINE_bool("balance", True, "filter: keep the N most confident per class (off: keep all "
                   "above the threshold).")
 flags.DEFINE_bool("duplicate_to_balance", True, "filter: fill short classes to N by copies.")
+
+# beam.
+flags.DEFINE_list("beam_options", [], "beam: Apache Beam pipeline options, comma-separated, e.g. "
+                  "--runner=DataflowRunner,--project=P,--region=R (default: the in-process "
+                  "FnApiRunner).")
 
 # eval robustness.
 flags.DEFINE_list("robustness", [], f"eval: any of {', '.join(ROBUSTNESS)}.")
@@ -234,15 +240,19 @@ def run_train(finetune=False):
   _print({"workdir": FLAGS.workdir, "eval": result.get("eval", {}).get("top1")})
 
 
+def _model_args():
+  """build_model arguments for --checkpoint_format=reference."""
+  return dict(variant=FLAGS.model, image_size=FLAGS.image_size, small_image=FLAGS.small_image,
+              width_coefficient=FLAGS.width_coefficient,
+              depth_coefficient=FLAGS.depth_coefficient)
+
+
 def _model_for(checkpoint, num_classes=None):
   from noisy_student import checkpoints  # pylint: disable=g-import-not-at-top
   if not checkpoint:
     raise app.UsageError(f"--mode={FLAGS.mode} needs --checkpoint")
-  model_args = dict(variant=FLAGS.model, image_size=FLAGS.image_size,
-                    small_image=FLAGS.small_image, width_coefficient=FLAGS.width_coefficient,
-                    depth_coefficient=FLAGS.depth_coefficient)
   return checkpoints.load_model(checkpoint, checkpoint_format=FLAGS.checkpoint_format,
-                                model_args=model_args, num_classes=num_classes)
+                                model_args=_model_args(), num_classes=num_classes)
 
 
 def _preprocess_for(checkpoint):
@@ -287,6 +297,24 @@ def run_filter():
       images_per_class=FLAGS.images_per_class if FLAGS.balance else None,
       duplicate=FLAGS.duplicate_to_balance, num_shards=FLAGS.num_shards, seed=FLAGS.seed)
   _print({k: v for k, v in stats.items() if not isinstance(v, (list, dict))})
+
+
+def run_beam():
+  from noisy_student import beam_pipeline  # pylint: disable=g-import-not-at-top
+  from noisy_student import predict  # pylint: disable=g-import-not-at-top
+  if not (FLAGS.checkpoint and FLAGS.output):
+    raise app.UsageError("beam needs --checkpoint and --output")
+  result = beam_pipeline.run_beam(
+      FLAGS.checkpoint, FLAGS.unlabeled_data, FLAGS.output, _preprocess_for(FLAGS.checkpoint),
+      predict.PredictConfig(temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+                            batch_size=FLAGS.batch_size),
+      threshold=FLAGS.confidence_threshold,
+      images_per_class=FLAGS.images_per_class if FLAGS.balance else None,
+      duplicate=FLAGS.duplicate_to_balance, num_shards=FLAGS.num_shards, seed=FLAGS.seed,
+      checkpoint_format=FLAGS.checkpoint_format, model_args=_model_args(),
+      num_classes=FLAGS.num_classes, beam_options=FLAGS.beam_options)
+  _print({"images": result["predict"]["images"],
+          **{k: v for k, v in result["filter"].items() if not isinstance(v, (list, dict))}})
 
 
 def _manifest_classes(data):
@@ -337,7 +365,7 @@ def run_iterate():
 
 _MODES = {"convert": run_convert, "train": run_train, "finetune": lambda: run_train(True),
           "predict": run_predict, "filter": run_filter, "eval": run_eval,
-          "iterate": run_iterate}
+          "iterate": run_iterate, "beam": run_beam}
 
 
 def main(argv):

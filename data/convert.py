@@ -302,9 +302,11 @@ def _tfds_source(input_path, *, split, unlabeled, class_names):
 
 
 def _array_source(images, labels, split, class_names, description):
-  if images.dtype != np.uint8 or images.ndim not in (3, 4):
-    raise ValueError(f"images must be uint8 [N,H,W] or [N,H,W,C], got {images.dtype} "
-                     f"{images.shape}")
+  # Checked here, before any shard is written: every image would otherwise be skipped.
+  if images.dtype != np.uint8 or images.ndim not in (3, 4) or (
+      images.ndim == 4 and images.shape[-1] not in (1, 3, 4)):
+    raise ValueError(f"{description.get('input', '')}: images must be uint8 [N,H,W] or [N,H,W,C] "
+                     f"with C 1, 3 or 4, got {images.dtype} {images.shape}")
   if labels is not None:
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
     if len(labels) != len(images):

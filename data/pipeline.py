@@ -42,7 +42,7 @@ def resolve_shards(data, split=None):
                               f"shards instead, e.g. {os.path.join(data, '*.tfrecord')}")
     shards = sorted(manifest_lib.split_shards(manifest, data, split))
   else:
-    shards = sorted(tf.io.gfile.glob(data))
+    shards = sorted(records.without_hidden(tf.io.gfile.glob(data)))
   if not shards:
     raise FileNotFoundError(f"no TFRecord shards match {data!r}")
   return shards

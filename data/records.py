@@ -58,13 +58,22 @@ def make_example(*, key, image=None, label=None, probabilities=None, top_k_class
     feature[TOP_K_PROBABILITIES] = _floats(np.asarray(top_k_probabilities, np.float16))
   if confidence is not None:
     feature[CONFIDENCE] = _floats([confidence])
-  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+  # deterministic: features is a map, which protobuf otherwise writes in an order that varies
+  # from process to process; a rerun (after a kill, or on another machine) writes the same bytes.
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+      deterministic=True)
 
 
 def temporary_path(final_path):
   """A sibling name that readers' globs never match, unique per writer."""
   directory, name = os.path.split(final_path)
   return os.path.join(directory, f".tmp-{uuid.uuid4().hex[:8]}-{name}")
+
+
+def without_hidden(paths):
+  """`paths` minus hidden files (name starting with "."), such as a killed writer's `.tmp-*`
+  temporaries: shell globs skip those, tf.io.gfile.glob does not."""
+  return [path for path in paths if not os.path.basename(path).startswith(".")]
 
 
 def write_atomically(final_path, serialized_records, options=None):

@@ -164,7 +164,7 @@ def _list_shards(spec):
   elif tf.io.gfile.isdir(str(spec)):
     paths = _shards_in_directory(str(spec))
   else:
-    paths = tf.io.gfile.glob(str(spec))
+    paths = records.without_hidden(tf.io.gfile.glob(str(spec)))
   if not paths:
     raise ValueError(f"no shards found at {spec!r}")
   return sorted(paths)

@@ -77,10 +77,35 @@ def undecodable_record(key, num_classes, top_k=None):
 
 
 def _input_keys(shard):
+  """The key of every record of `shard`, in order.
+
+  A damaged shard (truncated, bad checksum) is an error naming it, raised before any of its
+  predictions is written: the readers would predict its readable records, but the filter reads
+  it whole and could not pair them.
+  """
   spec = {records.KEY: tf.io.FixedLenFeature([], tf.string, default_value="")}
-  keys = pipeline.ordered_records([shard]).map(
+  keys = tf.data.TFRecordDataset(shard).map(
       lambda r: tf.io.parse_single_example(r, spec)[records.KEY])
-  return list(keys.as_numpy_iterator())
+  found = []
+  try:
+    found.extend(keys.as_numpy_iterator())
+  except tf.errors.OpError as e:
+    raise ValueError(f"cannot read {shard} past record {len(found)} "
+                     f"({e.message.splitlines()[0]}); convert it again or leave it out") from e
+  return found
+
+
+def _existing_counts(path):
+  """(records, keys of undecodable placeholders) of a prediction shard a previous run finished."""
+  spec = {records.KEY: tf.io.FixedLenFeature([], tf.string),
+          records.LABEL: tf.io.FixedLenFeature([], tf.int64)}
+  count, undecodable = 0, []
+  for serialized in tf.data.TFRecordDataset(path).batch(1024):
+    parsed = tf.io.parse_example(serialized, spec)
+    count += len(parsed[records.LABEL])
+    undecodable.extend(k.decode(errors="replace")
+                       for k in parsed[records.KEY][parsed[records.LABEL] == -1].numpy())
+  return count, undecodable
 
 
 def _shard_records(model, shard, dataset, config, progress, skipped):
@@ -153,8 +178,10 @@ def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config):
   for shard in shards:
     output = os.path.join(output_dir, os.path.basename(shard))
     if tf.io.gfile.exists(output):
-      count = sum(1 for _ in tf.data.TFRecordDataset(output))
+      # Its undecodable count too: a resumed run's summary reports the same totals.
+      count, skipped = _existing_counts(output)
       entries.append({"input": shard, "output": os.path.basename(output), "count": count,
+                      "undecodable": len(skipped), "undecodable_keys": skipped[:100],
                       "resumed": True})
       logging.info("predict: %s exists, skipped", output)
       continue

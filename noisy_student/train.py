@@ -5,9 +5,10 @@ Teacher: labeled data only. Student: labeled + pseudo-labeled rows in every batc
 first blocks frozen, a short schedule. Noise (RandAugment, dropout, stochastic depth) applies
 whenever a model trains; the config sets its strength.
 
-A run writes into its workdir: `backup/` (BackupAndRestore: a killed run resumes from its last
-Keras epoch when the same command runs again), `tensorboard/`, `history.json`,
-`train_config.json` and, last, `model.keras` (the EMA weights) whose presence marks the run done.
+A run writes into its workdir: `backup/` (`Backup`: a killed run resumes from its last Keras
+epoch when the same command runs again), `tensorboard/`, `history.json`, `train_config.json`
+and, last, `model.keras` (the EMA weights) whose presence marks the run done. In a multi-worker
+run only the chief writes there.
 """
 
 import contextlib
@@ -17,6 +18,7 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import time
 
 import keras
@@ -160,14 +162,19 @@ def freeze_first_blocks(model, num_blocks):
       layer.trainable = False
 
 
-def steps_per_keras_epoch(total_steps, steps_per_epoch):
-  """The largest divisor of total_steps not above one data epoch (capped), so that Keras epochs
-  tile the run exactly and BackupAndRestore saves at regular points."""
+def keras_epochs(total_steps, steps_per_epoch):
+  """(steps per Keras epoch, total steps) so that Keras epochs tile the run.
+
+  A Keras epoch is about one data epoch (at most MAX_STEPS_PER_KERAS_EPOCH steps): backups,
+  TensorBoard points and progress lines come that often. The largest divisor of total_steps near
+  that size keeps the total exact; when there is none (a prime total, say), the total is rounded
+  up to a whole number of Keras epochs, less than one data epoch more.
+  """
   target = max(1, min(int(round(steps_per_epoch)), MAX_STEPS_PER_KERAS_EPOCH, total_steps))
-  for chunk in range(target, 0, -1):
+  for chunk in range(target, (target + 1) // 2 - 1, -1):
     if total_steps % chunk == 0:
-      return chunk
-  return 1
+      return chunk, total_steps
+  return target, math.ceil(total_steps / target) * target
 
 
 def interleave_replicas(dataset, labeled_rows, num_replicas):
@@ -196,6 +203,49 @@ def _worker_split(strategy):
 def _set_precision(mixed_precision):
   policies = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
   keras.config.set_dtype_policy(policies[mixed_precision])
+
+
+class Backup(keras.callbacks.Callback):
+  """What a killed run resumes from: the model and optimizer variables after the last Keras
+  epoch, in `<backup_dir>/latest.weights.h5`.
+
+  Keras' BackupAndRestore writes that file in place and the epoch in a second file: a kill while
+  it saves leaves a file no rerun can load ("file signature not found"), and one between the two
+  files resumes an epoch early. Here the file appears under its name only once complete, and the
+  epoch to resume at is the restored optimizer step count over the steps per Keras epoch. Every
+  worker restores from `backup_dir`; `write_dir` (default: the same) is where this one saves.
+  """
+
+  WEIGHTS = "latest.weights.h5"
+
+  def __init__(self, backup_dir, steps_per_keras_epoch, write_dir=None):
+    super().__init__()
+    self.path = os.path.join(backup_dir, self.WEIGHTS)
+    self.write_dir = write_dir or backup_dir
+    self.steps_per_keras_epoch = steps_per_keras_epoch
+
+  def restore(self, model):
+    """Loads the backup, if any, into `model` (its optimizer built); returns the Keras epoch to
+    start at."""
+    if not tf.io.gfile.exists(self.path):
+      return 0
+    try:
+      model.load_weights(self.path)
+    except ValueError as e:
+      raise ValueError(f"the backup {self.path} does not fit this run's model ({e}); it comes "
+                       "from a run with other flags: remove it to start over") from e
+    return int(model.optimizer.iterations.numpy()) // self.steps_per_keras_epoch
+
+  def on_epoch_end(self, epoch, logs=None):
+    tf.io.gfile.makedirs(self.write_dir)
+    final = os.path.join(self.write_dir, self.WEIGHTS)
+    tmp = records.temporary_path(final)  # still ends in .weights.h5, as Keras requires
+    self.model.save_weights(tmp)
+    tf.io.gfile.rename(tmp, final, overwrite=True)
+
+  def remove(self):
+    if tf.io.gfile.exists(self.write_dir):
+      tf.io.gfile.rmtree(self.write_dir)
 
 
 class _RunFacts(keras.callbacks.Callback):
@@ -230,7 +280,12 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
     dict with the Keras history, the final eval metrics (if eval_data) and run facts.
   """
   strategy = strategy or tf.distribute.get_strategy()
-  tf.io.gfile.makedirs(workdir)
+  num_workers, worker_index = _worker_split(strategy)
+  # Keras' multi-worker advice: every worker runs the same code, saving included (it may need
+  # collective ops), but only the chief writes into the workdir; the others write into a
+  # temporary directory removed at the end.
+  chief = strategy.extended.should_checkpoint
+  outputs = workdir if chief else tempfile.mkdtemp(prefix=f"train-worker-{worker_index}-")
   keras.utils.set_random_seed(config.seed)
   _set_precision(config.mixed_precision)
   manifest = manifest_lib.load_manifest(labeled_data) if tf.io.gfile.isdir(labeled_data) else None
@@ -240,11 +295,18 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
   num_labeled = count_examples(labeled_data)
   if num_labeled == 0:
     raise ValueError(f"--labeled_data {labeled_data!r} holds no records")
+  if eval_data:
+    # Checked now rather than after training, where a wrong --eval_data would end the run.
+    pipeline.resolve_shards(eval_data)
+    eval_manifest = manifest_lib.load_manifest(eval_data) if tf.io.gfile.isdir(eval_data) else None
+    eval_classes = (eval_manifest or {}).get("num_classes")
+    if eval_classes and eval_classes != num_classes:
+      raise ValueError(f"--eval_data {eval_data!r} has {eval_classes} classes but the labeled "
+                       f"data has {num_classes}")
   steps_per_epoch = num_labeled / config.batch_size
   total_steps = config.train_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-  chunk = steps_per_keras_epoch(total_steps, steps_per_epoch)
+  chunk, total_steps = keras_epochs(total_steps, steps_per_epoch)
   prep = preprocess_config(config, labeled_data)
-  num_workers, worker_index = _worker_split(strategy)
 
   labeled = pipeline.labeled_dataset(labeled_data, prep, num_classes=num_classes, seed=config.seed,
                                      num_workers=num_workers, worker_index=worker_index)
@@ -289,42 +351,52 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
                            losses.LabeledLoss(**loss_args), losses.UnlabeledLoss(**loss_args)])
     # Built here, not inside the first traced step: a third of the first fit's trace time.
     optimizer.build(model.trainable_variables)
+    backup = Backup(os.path.join(workdir, "backup"), chunk,
+                    write_dir=os.path.join(outputs, "backup"))
+    initial_epoch = backup.restore(model)
 
   run_facts = {"num_labeled": num_labeled, "steps_per_epoch": steps_per_epoch,
                "total_steps": total_steps, "steps_per_keras_epoch": chunk,
                "num_classes": num_classes, "image_size": prep.image_size,
                "mean": list(prep.mean), "std": list(prep.std),
                "replicas": strategy.num_replicas_in_sync}
+  tf.io.gfile.makedirs(outputs)  # the first write: bad input has been reported by now
   records.write_text_atomically(
-      os.path.join(workdir, checkpoints.RUN_CONFIG),
+      os.path.join(outputs, checkpoints.RUN_CONFIG),
       json.dumps({"config": dataclasses.asdict(config), "labeled_data": labeled_data,
                   "pseudo_labeled_data": pseudo_labeled_data, "init_checkpoint": init_checkpoint,
                   **run_facts}, indent=1) + "\n")
-  logging.info("train %s: %d steps (%d Keras epochs of %d), %s", config.model, total_steps,
-               total_steps // chunk, chunk, "student" if pseudo is not None else "labeled only")
+  logging.info("train %s: %d steps (%d Keras epochs of %d), %s%s", config.model, total_steps,
+               total_steps // chunk, chunk, "student" if pseudo is not None else "labeled only",
+               f", resumed at Keras epoch {initial_epoch}" if initial_epoch else "")
   callbacks = [
       _RunFacts(),
-      keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
-      keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), update_freq="epoch"),
+      backup,
+      keras.callbacks.TensorBoard(os.path.join(outputs, "tensorboard"), update_freq="epoch"),
   ]
   if verbose is None:
     verbose = 1 if sys.stdout.isatty() else 2
   history = model.fit(dataset, epochs=total_steps // chunk, steps_per_epoch=chunk,
-                      callbacks=callbacks, verbose=verbose)
+                      initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose)
 
   result = {"history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
-            **run_facts}
+            "initial_epoch": initial_epoch,
+            "optimizer_iterations": int(model.optimizer.iterations.numpy()), **run_facts}
   averaged = ema.swap_to_ema(model) if config.ema_decay is not None else contextlib.nullcontext()
   with averaged:
     if eval_data:
       eval_prep = preprocess_config(config, labeled_data, train=False)
       metrics_ = evaluate.evaluate(model, pipeline.eval_dataset(eval_data, eval_prep,
                                                                 batch_size=256))
-      evaluate.save_metrics(metrics_, workdir)
+      evaluate.save_metrics(metrics_, outputs)
       result["eval"] = metrics_
-    records.write_text_atomically(os.path.join(workdir, "history.json"),
+    records.write_text_atomically(os.path.join(outputs, "history.json"),
                                   json.dumps(result, indent=1) + "\n")
-    plots.training_curves(result["history"], os.path.join(workdir, "training_curves.png"))
-    checkpoints.save_model_atomically(model, os.path.join(workdir, checkpoints.FINAL_MODEL))
+    plots.training_curves(result["history"], os.path.join(outputs, "training_curves.png"))
+    checkpoints.save_model_atomically(model, os.path.join(outputs, checkpoints.FINAL_MODEL))
+  # Only now: a run killed during the final evaluation or save resumes with its training done.
+  backup.remove()
+  if not chief:
+    tf.io.gfile.rmtree(outputs)
   return result
 

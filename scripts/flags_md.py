@@ -25,9 +25,10 @@ GROUPS = (
      "randaugment_magnitude cutout flip dropout_rate survival_prob base_learning_rate "
      "final_learning_rate warmup_epochs lr_decay_epochs lr_decay_factor weight_decay "
      "label_smoothing ema_decay freeze_blocks"),
-    ("predict and eval", "checkpoint checkpoint_format temperature top_k num_workers worker_index"),
-    ("filter (also iterate)",
+    ("predict and eval (also beam)", "checkpoint checkpoint_format temperature top_k num_workers worker_index"),
+    ("filter (also iterate, beam)",
      "predictions confidence_threshold images_per_class balance duplicate_to_balance"),
+    ("beam: predict + filter as one Apache Beam pipeline", "beam_options"),
     ("eval: robustness", "robustness robustness_baseline fgsm_epsilons"),
     ("iterate", "iterations student_models teacher_epochs student_epochs student_init"),
 )

@@ -1,0 +1,154 @@
+"""Several devices and workers: predict split over workers, MirroredStrategy over two logical
+CPU devices, MultiWorkerMirroredStrategy with two local worker processes (only the chief writes
+the run's outputs). TPUStrategy runs the same code; README.md gives its command."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import flags
+
+import efficientnet
+import main
+from data import convert
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY_MODEL = ["--small_image", "--image_size=16", "--width_coefficient=0.1",
+              "--depth_coefficient=0.1"]
+NUM_CLASSES = 3
+RUN_TIMEOUT_S = 600
+
+# main.py with two logical CPU devices, configured before TensorFlow initialises them.
+TWO_CPUS_MAIN = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from absl import app
+import main
+app.run(main.main)
+"""
+
+
+def run(*args):
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["main.py", *args])
+  main.main(["main.py"])
+
+
+def _convert(root, split, n, seed, num_shards, unlabeled=False):
+  """Three classes a small network learns in a few steps: which channel is bright."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, NUM_CLASSES, n)
+  images = rng.integers(0, 60, (n, 16, 16, 3)).astype(np.uint8)
+  images[np.arange(n), :, :, labels] += 180
+  np.savez(root / f"{split}.npz", images=images, labels=labels)
+  convert.convert("npz", str(root / f"{split}.npz"), str(root / split), split=split,
+                  num_shards=num_shards, unlabeled=unlabeled)
+  return root / split
+
+
+def _files(directory, pattern):
+  return {p.name: p.read_bytes() for p in directory.glob(pattern)}
+
+
+def test_predict_workers_split_the_shards_without_overlap_or_gap(tmp_path):
+  unlabeled = _convert(tmp_path, "unlabeled", 30, 2, num_shards=5, unlabeled=True)
+  teacher = tmp_path / "teacher.keras"
+  efficientnet.build_model("efficientnet-b0", NUM_CLASSES, small_image=True, image_size=16,
+                           width_coefficient=0.1, depth_coefficient=0.1).save(teacher)
+  common = ["--mode=predict", f"--checkpoint={teacher}", f"--unlabeled_data={unlabeled}",
+            "--batch_size=8", *TINY_MODEL]
+  run(*common, f"--output={tmp_path / 'one'}")
+  for index in range(3):  # three machines writing into one directory
+    run(*common, f"--output={tmp_path / 'three'}", "--num_workers=3", f"--worker_index={index}")
+
+  one = _files(tmp_path / "one", "unlabeled-*")
+  assert len(one) == 5 and _files(tmp_path / "three", "unlabeled-*") == one
+  shares = [json.loads((tmp_path / "three" / f"summary-{i:05d}-of-00003.json").read_text())
+            for i in range(3)]
+  names = [[entry["output"] for entry in share["shards"]] for share in shares]
+  assert [len(n) for n in names] == [2, 2, 1]
+  assert sorted(sum(names, [])) == sorted(one)  # disjoint, and together every shard
+  assert sum(share["images"] for share in shares) == 30
+
+  # The filter reads the three workers' output as it reads the one worker's.
+  for source in ("one", "three"):
+    run("--mode=filter", f"--predictions={tmp_path / source}", f"--unlabeled_data={unlabeled}",
+        f"--output={tmp_path / f'filtered_{source}'}", "--images_per_class=10", "--num_shards=2")
+  filtered = [_files(tmp_path / f"filtered_{source}", "train-*") for source in ("one", "three")]
+  assert filtered[0] == filtered[1] and len(filtered[0]) == 2
+
+
+@pytest.fixture(scope="module")
+def labeled(tmp_path_factory):
+  return _convert(tmp_path_factory.mktemp("data"), "labeled", 48, 1, num_shards=2)
+
+
+def _train_args(labeled, workdir, strategy):
+  return ["--mode=train", f"--strategy={strategy}", f"--labeled_data={labeled}",
+          f"--workdir={workdir}", "--eval_data=", "--train_steps=6", "--batch_size=8",
+          "--warmup_epochs=0", *TINY_MODEL]
+
+
+def _check_finished(workdir):
+  history = json.loads((workdir / "history.json").read_text())
+  assert (workdir / "model.keras").exists() and not (workdir / "backup").exists()
+  assert history["replicas"] == 2 and history["optimizer_iterations"] == 6
+  return history
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_over_two_logical_cpus_trains(labeled, tmp_path):
+  workdir = tmp_path / "mirrored"
+  result = subprocess.run([sys.executable, "-c", TWO_CPUS_MAIN,
+                           *_train_args(labeled, workdir, "mirrored")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=RUN_TIMEOUT_S)
+  assert result.returncode == 0, result.stderr[-3000:]
+  _check_finished(workdir)
+
+
+def _free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+@pytest.mark.slow
+def test_multi_worker_strategy_with_two_local_workers_trains_and_only_the_chief_writes(
+    labeled, tmp_path):
+  workdir = tmp_path / "multi_worker"
+  cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+  processes = []
+  for index in range(2):
+    # Each worker's own temporary directory, to see what the non-chief leaves behind.
+    (tmp_path / f"tmp{index}").mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp_path / f"tmp{index}"), TF_CONFIG=json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    log = open(tmp_path / f"worker{index}.log", "w")  # pylint: disable=consider-using-with
+    processes.append((subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), *_train_args(labeled, workdir, "multi_worker")],
+        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env), log))
+  try:
+    for index, (process, log) in enumerate(processes):
+      process.wait(timeout=RUN_TIMEOUT_S)
+      log.close()
+      assert process.returncode == 0, (tmp_path / f"worker{index}.log").read_text()[-3000:]
+  finally:
+    for process, log in processes:
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+      log.close()
+  _check_finished(workdir)
+  # One writer, the chief: one TensorBoard event file; the other worker's outputs are gone.
+  assert len(list((workdir / "tensorboard").rglob("events.out.tfevents.*"))) == 1
+  assert not os.listdir(tmp_path / "tmp1")
