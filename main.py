@@ -295,7 +295,8 @@ def run_filter():
       FLAGS.predictions, FLAGS.unlabeled_data, FLAGS.output,
       threshold=FLAGS.confidence_threshold,
       images_per_class=FLAGS.images_per_class if FLAGS.balance else None,
-      duplicate=FLAGS.duplicate_to_balance, num_shards=FLAGS.num_shards, seed=FLAGS.seed)
+      duplicate=FLAGS.duplicate_to_balance, num_shards=FLAGS.num_shards, seed=FLAGS.seed,
+      num_classes=FLAGS.num_classes)
   _print({k: v for k, v in stats.items() if not isinstance(v, (list, dict))})
 
 
@@ -333,13 +334,14 @@ def run_eval():
   dataset = pipeline.eval_dataset(FLAGS.eval_data, prep, batch_size=FLAGS.batch_size)
   metrics = evaluate.evaluate(model, dataset)
   output = FLAGS.output or FLAGS.workdir
-  evaluate.save_metrics(metrics, output)
   if FLAGS.robustness:
     from noisy_student import robustness  # pylint: disable=g-import-not-at-top
     metrics["robustness"] = robustness.robustness_phase(
         model, FLAGS.eval_data, prep, output, FLAGS.robustness,
         baseline=FLAGS.robustness_baseline, epsilons=[float(e) for e in FLAGS.fgsm_epsilons],
         batch_size=FLAGS.batch_size, seed=FLAGS.seed)
+  # Last, with the robustness results in it: a metrics.json can then serve as a baseline.
+  evaluate.save_metrics(metrics, output)
   _print({k: metrics[k] for k in ("top1", "top5", "loss", "num_examples")})
 
 

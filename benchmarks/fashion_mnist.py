@@ -1,85 +1,222 @@
 """The Fashion-MNIST semi-supervised benchmark: does a noised student beat its teacher?
 
-Per seed: a fresh 1,000-label split (100 per class), then `main.py --mode=iterate` with
-recipes/fashion_mnist_benchmark.flags (teacher -> student 1 -> student 2), plus two controls on
-the same budget: student 1 without noise (no RandAugment, dropout or stochastic depth), and a
-fully supervised model on all 60,000 labels (the ceiling). Prints a markdown table (mean and
-spread over seeds) and writes workdir/benchmark/results.json.
+Per seed: a fresh 1,000-label split (100 per class, chosen with the seed), then `main.py
+--mode=iterate` with recipes/fashion_mnist_benchmark.flags (teacher -> student 1 -> student 2),
+plus two controls on the same budget: student 1 without noise (no RandAugment, Cutout, dropout
+or stochastic depth, same pseudo labels and steps), and a fully supervised model on all 60,000
+labels that sees as many images as a student (the ceiling). Pseudo-label accuracy is measured
+against the hidden labels of the unlabeled images (no phase reads them). For the seeds in
+--robustness_seeds, teacher and student 1 are also evaluated for robustness (corruptions with
+the teacher as mCE baseline, perturbation flip rates, FGSM) on the first --robustness_images test
+images. Writes <workdir>/results.json after every seed and prints markdown tables.
 
-  python benchmarks/fashion_mnist.py --seeds 0 1 2      # about 2 hours per seed on 2 CPU cores
+  python benchmarks/fashion_mnist.py                  # 3 seeds, about 2 hours on 2 CPU cores
+  python benchmarks/fashion_mnist.py --seeds 0 --robustness_seeds   # one seed, no robustness
 """
 
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 FMNIST = "/usr/share/datasets/fashion-mnist"
-RECIPE = "--flagfile=recipes/fashion_mnist_benchmark.flags"
+RECIPE = "recipes/fashion_mnist_benchmark.flags"
 NO_NOISE = ["--randaugment_layers=0", "--nocutout", "--dropout_rate=0", "--survival_prob=1"]
+ROWS = ("teacher", "student_1", "student_2", "student_1_no_noise", "supervised_60k")
 
 
 def main_py(*args):
+  """Runs main.py with the recipe plus `args`; returns its wall time in seconds."""
   start = time.perf_counter()
-  subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, check=True)
+  subprocess.run([sys.executable, "main.py", f"--flagfile={RECIPE}", *args], cwd=ROOT, check=True)
   return time.perf_counter() - start
 
 
-def _json(path):
-  with open(os.path.join(ROOT, path)) as f:
+def _path(*parts):
+  return os.path.join(ROOT, *parts)
+
+
+def _json(*parts):
+  with open(_path(*parts)) as f:
     return json.load(f)
+
+
+def _write_json(value, *parts):
+  path = _path(*parts)
+  with open(path + ".tmp", "w") as f:
+    json.dump(value, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def recipe_value(name):
+  """A flag's value in the recipe file (the benchmark derives the controls' budgets from it)."""
+  with open(_path(RECIPE)) as f:
+    for line in f:
+      if line.startswith(f"--{name}="):
+        return line.strip().split("=", 1)[1]
+  raise KeyError(f"{RECIPE} sets no --{name}")
+
+
+def _keys_and_labels(pattern):
+  """{key: label} of every record in the shards matching `pattern`."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from data import records  # pylint: disable=g-import-not-at-top
+  spec = {records.KEY: tf.io.FixedLenFeature([], tf.string),
+          records.LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
+  found = {}
+  for path in sorted(tf.io.gfile.glob(pattern)):
+    if os.path.basename(path).startswith("."):
+      continue
+    for batch in tf.data.TFRecordDataset(path).batch(4096):
+      parsed = tf.io.parse_example(batch, spec)
+      found.update(zip(parsed[records.KEY].numpy(), parsed[records.LABEL].numpy()))
+  return found
+
+
+def pseudo_label_accuracy(unlabeled_dir, predict_dir, filter_dir, num_classes=10):
+  """Accuracy of the teacher's hard labels against the hidden true labels: over every unlabeled
+  image, and over the unique images the filter kept (overall and per true class)."""
+  truth = _keys_and_labels(os.path.join(unlabeled_dir, "*.tfrecord"))
+  predicted = _keys_and_labels(os.path.join(predict_dir, "*.tfrecord"))
+  kept = _keys_and_labels(os.path.join(filter_dir, "*.tfrecord"))
+  all_correct = [predicted[k] == truth[k] for k in truth if k in predicted]
+  per_class = {c: [kept[k] == c for k in kept if truth[k] == c] for c in range(num_classes)}
+  return {"all": sum(all_correct) / len(all_correct),
+          "kept": sum(kept[k] == truth[k] for k in kept) / len(kept),
+          "kept_per_true_class": {c: (sum(v) / len(v) if v else None)
+                                  for c, v in per_class.items()},
+          "predicted": len(all_correct), "kept_unique": len(kept)}
 
 
 def run_seed(seed, work):
   data = f"{work}/data_seed{seed}"
-  if not os.path.exists(os.path.join(ROOT, data, "labeled", "manifest.json")):
-    main_py("--mode=convert", "--source=idx", f"--input={FMNIST}", "--split=train",
-            f"--output={data}", "--labeled_per_class=100", f"--seed={seed}", "--num_shards=8")
-  if not os.path.exists(os.path.join(ROOT, work, "test", "manifest.json")):
-    main_py("--mode=convert", "--source=idx", f"--input={FMNIST}", "--split=t10k",
-            f"--output={work}/test", "--num_shards=2")
+  wall = {}
+  if not os.path.exists(_path(data, "labeled", "manifest.json")):
+    wall["convert"] = main_py("--mode=convert", "--source=idx", f"--input={FMNIST}",
+                              "--split=train", f"--output={data}", "--labeled_per_class=100",
+                              f"--seed={seed}", "--num_shards=8")
   paths = [f"--labeled_data={data}/labeled", f"--unlabeled_data={data}/unlabeled",
            f"--eval_data={work}/test", f"--seed={seed}"]
   runs = f"{work}/seed{seed}"
-  wall = {"iterate": main_py(RECIPE, "--mode=iterate", f"--workdir={runs}/iterate", *paths)}
-  summary = _json(f"{runs}/iterate/summary.json")
-  # Control: the round-1 student trained on the same pseudo labels without any noise.
-  wall["no_noise"] = main_py(RECIPE, "--mode=train", f"--workdir={runs}/student_no_noise",
+  wall["iterate"] = main_py("--mode=iterate", f"--workdir={runs}/iterate", *paths)
+  summary = _json(runs, "iterate", "summary.json")
+  student_epochs = float(recipe_value("student_epochs"))
+  # Control: the round-1 student on the same pseudo labels and steps, without any noise.
+  wall["no_noise"] = main_py("--mode=train", f"--workdir={runs}/student_no_noise",
                              f"--pseudo_labeled_data={runs}/iterate/iter_1/filter",
-                             "--epochs=30", *NO_NOISE, *paths)
-  # Ceiling: all 60,000 labels, same model and noise, as many images as a student sees.
-  wall["supervised_60k"] = main_py(RECIPE, "--mode=train", f"--workdir={runs}/supervised_60k",
-                                   *paths, f"--labeled_data={data}", "--epochs=2",
-                                   "--warmup_epochs=0.1")
-  filter_stats = _json(f"{runs}/iterate/iter_1/filter/stats.json")
+                             f"--epochs={student_epochs:g}", *NO_NOISE, *paths)
+  # Ceiling: all 60,000 labels, same model and noise, as many images and the same schedule in
+  # steps (warm-up and decay per step as in the student) as a student.
+  labeled_images = 1000 * (1 + int(recipe_value("unlabeled_batch_ratio"))) * student_epochs
+  scale = 1000 / 60000  # one epoch of 1,000 images in epochs of 60,000
+  wall["supervised_60k"] = main_py(
+      "--mode=train", f"--workdir={runs}/supervised_60k", *paths, f"--labeled_data={data}",
+      f"--epochs={labeled_images / 60000:g}",
+      f"--warmup_epochs={float(recipe_value('warmup_epochs')) * scale:g}",
+      f"--lr_decay_epochs={2.4 * scale:g}")
+  filter_stats = _json(runs, "iterate", "iter_1", "filter", "stats.json")
   return {
       "teacher": summary["rounds"][0]["top1"],
       "student_1": summary["rounds"][1]["top1"],
       "student_2": summary["rounds"][2]["top1"] if len(summary["rounds"]) > 2 else None,
-      "student_1_no_noise": _json(f"{runs}/student_no_noise/history.json")["eval"]["top1"],
-      "supervised_60k": _json(f"{runs}/supervised_60k/history.json")["eval"]["top1"],
+      "student_1_no_noise": _json(runs, "student_no_noise", "history.json")["eval"]["top1"],
+      "supervised_60k": _json(runs, "supervised_60k", "history.json")["eval"]["top1"],
+      "pseudo_labels_round_1": pseudo_label_accuracy(
+          _path(data, "unlabeled"), _path(runs, "iterate", "iter_1", "predict"),
+          _path(runs, "iterate", "iter_1", "filter")),
       "kept_per_class": filter_stats["per_class"]["kept_unique"],
       "wall_seconds": wall,
   }
 
 
+def run_robustness(seed, work, num_images):
+  """Teacher and student 1 of `seed` under corruptions, perturbations and FGSM."""
+  subset = f"{work}/test_{num_images}"
+  if not os.path.exists(_path(subset, "manifest.json")):
+    main_py("--mode=convert", "--source=idx", f"--input={FMNIST}", "--split=t10k",
+            f"--output={subset}", "--num_shards=1", f"--limit={num_images}")
+  runs = f"{work}/seed{seed}"
+  results, wall = {}, {}
+  for role, model_dir in (("teacher", "iter_0"), ("student_1", "iter_1")):
+    output = f"{runs}/robustness_{role}"
+    baseline = ([f"--robustness_baseline={runs}/robustness_teacher/robustness.json"]
+                if role != "teacher" else [])
+    wall[role] = main_py("--mode=eval", f"--checkpoint={runs}/iterate/{model_dir}/train",
+                         f"--eval_data={subset}", f"--output={output}", f"--seed={seed}",
+                         "--robustness=corruptions,perturbations,fgsm", *baseline)
+    results[role] = _json(output, "robustness.json")
+  return {"results": results, "wall_seconds": wall, "images": num_images}
+
+
+def _mean_spread(values):
+  values = [v for v in values if v is not None]
+  if not values:
+    return "-", "-"
+  return f"{100 * statistics.mean(values):.2f}", (
+      f"{100 * min(values):.2f} - {100 * max(values):.2f}" if len(values) > 1 else "one seed")
+
+
+def print_tables(results):
+  seeds = [r for key, r in results.items() if key.startswith("seed")]
+  print(f"\nseeds: {len(seeds)}; machine: {results['machine']}\n")
+  print("| run | test top-1 % (mean) | spread (min - max) |\n|---|---|---|")
+  for row in ROWS:
+    mean, spread = _mean_spread([r[row] for r in seeds])
+    print(f"| {row} | {mean} | {spread} |")
+  print("\n| pseudo labels, round 1 | accuracy % (mean) | spread |\n|---|---|---|")
+  for which in ("all", "kept"):
+    mean, spread = _mean_spread([r["pseudo_labels_round_1"][which] for r in seeds])
+    print(f"| {which} | {mean} | {spread} |")
+  for key, robust in results.items():
+    if not key.startswith("robustness"):
+      continue
+    print(f"\n{key} ({robust['images']} test images)\n")
+    print("| model | clean top-1 % | mean corruption error % | mCE (teacher = 100) "
+          "| mean flip rate % | FGSM accuracy % by epsilon (0-255) |\n|---|---|---|---|---|---|")
+    for role, r in robust["results"].items():
+      fgsm = r["fgsm"]
+      print(f"| {role} | {100 * fgsm['clean_accuracy']:.2f} "
+            f"| {100 * r['corruptions']['mean_error']:.2f} "
+            f"| {100 * r['corruptions'].get('mce', 1.0):.1f} "
+            f"| {100 * r['perturbations']['mean_flip_rate']:.2f} "
+            f"| {', '.join(f'{e}: {100 * a:.1f}' for e, a in fgsm['accuracy'].items())} |")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--robustness_seeds", type=int, nargs="*", default=[0])
+  parser.add_argument("--robustness_images", type=int, default=2000)
   parser.add_argument("--workdir", default="workdir/benchmark")
   args = parser.parse_args()
-  results = {seed: run_seed(seed, args.workdir) for seed in args.seeds}
-  with open(os.path.join(ROOT, args.workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  print("| run | test top-1, mean | spread (min-max) |\n|---|---|---|")
-  for row in ("teacher", "student_1", "student_2", "student_1_no_noise", "supervised_60k"):
-    values = [r[row] for r in results.values() if r[row] is not None]
-    if values:
-      print(f"| {row} | {statistics.mean(values):.4f} | {min(values):.4f}-{max(values):.4f} |")
+  if not os.path.exists(os.path.join(FMNIST, "train-images-idx3-ubyte.gz")):
+    sys.exit(f"{FMNIST} is missing: apt-get install dataset-fashion-mnist")
+  os.makedirs(_path(args.workdir), exist_ok=True)
+  results_name = os.path.join(args.workdir, "results.json")
+  results = _json(results_name) if os.path.exists(_path(results_name)) else {}
+  results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+  results["recipe"] = RECIPE
+  if not os.path.exists(_path(args.workdir, "test", "manifest.json")):
+    main_py("--mode=convert", "--source=idx", f"--input={FMNIST}", "--split=t10k",
+            f"--output={args.workdir}/test", "--num_shards=2")
+  for seed in args.seeds:
+    if f"seed{seed}" not in results:  # a rerun skips finished seeds
+      results[f"seed{seed}"] = run_seed(seed, args.workdir)
+      _write_json(results, results_name)
+  for seed in args.robustness_seeds:
+    if f"robustness_seed{seed}" not in results:
+      results[f"robustness_seed{seed}"] = run_robustness(seed, args.workdir,
+                                                         args.robustness_images)
+      _write_json(results, results_name)
+  print_tables(results)
 
 
 if __name__ == "__main__":

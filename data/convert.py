@@ -107,6 +107,13 @@ def convert(source, input_path, output_dir, *, split, num_shards, unlabeled=Fals
     records.write_atomically(os.path.join(output_dir, shard_names[-1]),
                              (row for row in rows if row is not None))
   tally.log(final=True)
+  if tally.kept == 0:
+    # Every image failed: an error, not a data set of empty shards that fails later, elsewhere.
+    for name in shard_names:
+      tf.io.gfile.remove(os.path.join(output_dir, name))
+    reasons = "; ".join(f"{s['key']}: {s['reason']}" for s in tally.skipped[:3])
+    raise ValueError(f"none of the {len(items)} images of {input_path} (split {split!r}) could "
+                     f"be converted ({reasons}); nothing was written")
 
   entry = tally.entry(src.description, seed, shard_names)
   manifest = manifest_lib.merge_split(old, split, entry, names)

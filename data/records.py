@@ -95,9 +95,14 @@ def write_atomically(final_path, serialized_records, options=None):
 
 def write_text_atomically(final_path, text):
   tmp = temporary_path(final_path)
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(text)
-  tf.io.gfile.rename(tmp, final_path, overwrite=True)
+  try:
+    with tf.io.gfile.GFile(tmp, "w") as f:
+      f.write(text)
+    tf.io.gfile.rename(tmp, final_path, overwrite=True)
+  except BaseException:
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.remove(tmp)
+    raise
 
 
 def shard_name(prefix, index, num_shards):

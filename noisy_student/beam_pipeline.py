@@ -74,7 +74,7 @@ def run_beam(checkpoint, unlabeled_data, output_dir, preprocess_config, config, 
     threshold, images_per_class, duplicate, num_shards, seed: as in
       `filter_phase.filter_and_balance_phase`.
     checkpoint_format, model_args: as in `checkpoints.load_model`.
-    num_classes: C; None loads the model here once to read it (and to fail before any work).
+    num_classes: C; None reads it from the teacher (loaded here once in any case).
     beam_options: Beam pipeline options such as ["--runner=DataflowRunner", "--project=p"];
       without --runner, Beam's in-process FnApiRunner.
 
@@ -94,8 +94,11 @@ def run_beam(checkpoint, unlabeled_data, output_dir, preprocess_config, config, 
     raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
   load = dict(checkpoint=checkpoint, checkpoint_format=checkpoint_format, model_args=model_args,
               num_classes=num_classes)
+  # Loaded here once, also to fail before any work on a bad checkpoint, and so that a rerun into
+  # the same output keeps only prediction shards of the same teacher and settings.
+  teacher = checkpoints.load_model(**load)
   if num_classes is None:
-    num_classes = checkpoints.model_classes(checkpoints.load_model(**load))
+    num_classes = checkpoints.model_classes(teacher)
   shards = sorted(pipeline.resolve_shards(unlabeled_data), key=os.path.basename)
   if len(shards) >= 1 << (63 - _INDEX_BITS):
     raise ValueError(f"{len(shards)} shards: record ids hold at most 2**23")
@@ -106,7 +109,8 @@ def run_beam(checkpoint, unlabeled_data, output_dir, preprocess_config, config, 
               duplicate=duplicate, seed=int(seed))
   predict_dir = os.path.join(output_dir, PREDICT_DIR)
   filter_dir = os.path.join(output_dir, FILTER_DIR)
-  tf.io.gfile.makedirs(predict_dir)
+  predict.check_run_identity(predict_dir, predict.run_identity(teacher, preprocess_config, config))
+  del teacher
   tf.io.gfile.makedirs(filter_dir)
   options = pipeline_options.PipelineOptions(list(beam_options))
   if options.view_as(pipeline_options.StandardOptions).runner is None:

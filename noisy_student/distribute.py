@@ -1,4 +1,5 @@
-"""One place that turns --strategy into a tf.distribute strategy; every phase runs under it."""
+"""One place that turns --strategy into a tf.distribute strategy (the training phases run under
+it; predict, filter and eval run on the default device)."""
 
 import logging
 
@@ -16,6 +17,10 @@ def build_strategy(name="auto", tpu=None):
   """
   if name not in STRATEGIES:
     raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
+  if name == "multi_worker":
+    # First: collective ops must be configured before anything initialises TensorFlow's
+    # devices, listing them included.
+    return _log(tf.distribute.MultiWorkerMirroredStrategy())
   gpus = tf.config.list_logical_devices("GPU")
   if name == "auto":
     name = "tpu" if tpu else ("mirrored" if len(gpus) > 1 else ("gpu" if gpus else "cpu"))
@@ -29,8 +34,6 @@ def build_strategy(name="auto", tpu=None):
     # logical CPU device (tf.config.set_logical_device_configuration) gets a replica.
     devices = gpus or tf.config.list_logical_devices("CPU")
     strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
-  elif name == "multi_worker":
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
   elif name == "gpu":
     if not gpus:
       raise ValueError("--strategy=gpu but TensorFlow sees no GPU")
@@ -39,6 +42,10 @@ def build_strategy(name="auto", tpu=None):
     # The default strategy: OneDeviceStrategy("/cpu:0") works too but runs Keras' distributed
     # input and step path, about 3x slower per image on a 2-core CPU.
     strategy = tf.distribute.get_strategy()
+  return _log(strategy)
+
+
+def _log(strategy):
   logging.info("Strategy %s with %d replica(s)", type(strategy).__name__,
                strategy.num_replicas_in_sync)
   return strategy

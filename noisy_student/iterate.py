@@ -2,7 +2,7 @@
 
 Each phase writes under `<workdir>/iter_<k>/<phase>/` and marks itself done with a `DONE` file
 written last; a rerun skips done phases and resumes the interrupted one (predict skips finished
-shards, train resumes from its BackupAndRestore backup).
+shards, train resumes from its last backup).
 """
 
 import dataclasses
@@ -115,7 +115,7 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
     metrics = _phase(eval_dir, lambda: _eval(student_dir, eval_data, eval_dir, labeled_data,
                                              config))
     rounds.append({"round": k, "role": "student", "model": student, "top1": metrics["top1"],
-                   "top5": metrics["top5"], "pseudo_labeled": stats.get("total_with_copies")})
+                   "top5": metrics["top5"], "pseudo_labeled": stats["totals"]["with_copies"]})
     teacher_dir = student_dir
   summary = {"rounds": rounds,
              "table": [f"{r['round']}: {r['role']:7s} {r['model']:16s} top1 {r['top1']:.4f}"

@@ -6,6 +6,7 @@ Shards are split across machines with num_workers/worker_index (every num_worker
 """
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -157,6 +158,47 @@ def summary_name(config):
   return f"summary-{config.worker_index:05d}-of-{config.num_workers:05d}.json"
 
 
+RUN_IDENTITY = "predict_run.json"
+
+
+def run_identity(model, preprocess_config, config):
+  """What prediction shards depend on besides their input shard: the teacher's weights (a cheap
+  fingerprint: per variable its path, shape, float64 sum and first values), the preprocessing,
+  the temperature and top-k. JSON-ready."""
+  digest = hashlib.sha256()
+  for weight in model.weights:
+    values = np.asarray(weight)
+    digest.update(f"{weight.path}{values.shape}{values.sum(dtype=np.float64)!r}".encode())
+    digest.update(values.reshape(-1)[:16].tobytes())
+  identity = {"teacher": digest.hexdigest()[:20], "num_classes": int(model.output.shape[-1]),
+              "temperature": config.temperature, "top_k": config.top_k,
+              "preprocess": dataclasses.asdict(preprocess_config)}
+  return json.loads(json.dumps(identity))  # as it reads back from the file
+
+
+def check_run_identity(output_dir, identity):
+  """Records `identity` in `output_dir`, or checks it against the one recorded there.
+
+  A rerun keeps the prediction shards it finds: they must come from the same teacher and
+  settings. Workers of one run write the same identity.
+
+  Raises:
+    ValueError: the directory holds predictions made otherwise.
+  """
+  path = os.path.join(output_dir, RUN_IDENTITY)
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      recorded = json.load(f)
+    differs = sorted(k for k in set(identity) | set(recorded)
+                     if identity.get(k) != recorded.get(k))
+    if differs:
+      raise ValueError(f"{output_dir} holds predictions of another run (other {', '.join(differs)}:"
+                       f" see {RUN_IDENTITY}); predict into a new --output, or remove it")
+    return
+  tf.io.gfile.makedirs(output_dir)
+  records.write_text_atomically(path, json.dumps(identity, indent=1) + "\n")
+
+
 def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config):
   """Writes one prediction shard per unlabeled shard of this worker, then a summary JSON.
 
@@ -172,7 +214,7 @@ def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config):
   """
   shards = pipeline.worker_shards(pipeline.resolve_shards(unlabeled_data), config.num_workers,
                                   config.worker_index)
-  tf.io.gfile.makedirs(output_dir)
+  check_run_identity(output_dir, run_identity(model, preprocess_config, config))
   progress = _Progress()
   entries = []
   for shard in shards:

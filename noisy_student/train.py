@@ -193,16 +193,46 @@ def interleave_replicas(dataset, labeled_rows, num_replicas):
   return dataset.map(reorder, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def input_split(cluster, task_type, task_id):
+  """(input pipelines, this task's index) in a multi-worker cluster, e.g. TF_CONFIG's
+  {"chief": [...], "worker": [...]}: every chief and worker task trains on its own part of the
+  input, a separate chief first. Counting only the tasks of one's own type would give a chief and
+  worker 0 the same part."""
+  chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
+  if task_type not in ("chief", "worker"):
+    raise ValueError(f"task type {task_type!r} does not train (chief or worker)")
+  return chiefs + workers, task_id if task_type == "chief" else chiefs + task_id
+
+
 def _worker_split(strategy):
   if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
     resolver = strategy.cluster_resolver
-    return resolver.cluster_spec().num_tasks(resolver.task_type), resolver.task_id
+    return input_split(resolver.cluster_spec().as_dict(), resolver.task_type, resolver.task_id)
   return 1, 0
 
 
 def _set_precision(mixed_precision):
   policies = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
   keras.config.set_dtype_policy(policies[mixed_precision])
+
+
+def _fit_under_multi_worker(model, dataset):
+  """Works around two faults of Keras 3's fit under MultiWorkerMirroredStrategy
+  (tensorflow/tensorflow#72388), for this model instance only.
+
+  - fit builds the compiled loss and metrics from a first batch that it averages over replicas
+    with `strategy.reduce` in eager mode, which fails ("Attempt to convert a value (PerReplica
+    ...)"). They are built here from the dataset's element spec (shapes are all they need) and
+    fit's build is skipped.
+  - fit averages each step's logs over workers with `strategy.reduce("MEAN", v, axis=0)`, which
+    fails on scalars. Each log value is made a [1] vector, which that reduce turns back into a
+    scalar.
+  """
+  model._symbolic_build(data_batch=dataset.element_spec)  # pylint: disable=protected-access
+  model._maybe_symbolic_build = lambda *args, **kwargs: None  # pylint: disable=protected-access
+  train_step = model.train_step
+  model.train_step = lambda data: {name: tf.reshape(value, [1])
+                                   for name, value in train_step(data).items()}
 
 
 class Backup(keras.callbacks.Callback):
@@ -351,6 +381,8 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
                            losses.LabeledLoss(**loss_args), losses.UnlabeledLoss(**loss_args)])
     # Built here, not inside the first traced step: a third of the first fit's trace time.
     optimizer.build(model.trainable_variables)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+      _fit_under_multi_worker(model, dataset)
     backup = Backup(os.path.join(workdir, "backup"), chunk,
                     write_dir=os.path.join(outputs, "backup"))
     initial_epoch = backup.restore(model)

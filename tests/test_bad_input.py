@@ -20,6 +20,7 @@ import main
 from data import convert
 from data import records
 from noisy_student import optimizers
+from noisy_student import predict
 
 TINY = dict(small_image=True, image_size=16, width_coefficient=0.1, depth_coefficient=0.1)
 TINY_MODEL = ["--small_image", "--image_size=16", "--width_coefficient=0.1",
@@ -185,7 +186,7 @@ def test_truncated_shards_are_an_error_naming_them(undecodable, inputs, tmp_path
                    *TINY_MODEL)
   assert f"cannot read {second} past record 11" in message
   # The shard before it is finished (a rerun keeps it); nothing of the damaged one is written.
-  assert sorted(os.listdir(output)) == [first.name]
+  assert sorted(os.listdir(output)) == sorted([first.name, predict.RUN_IDENTITY])
   # A truncated prediction shard stops the filter before it writes anything.
   root, _, _ = undecodable
   predictions = tmp_path / "copied_predictions"
@@ -212,6 +213,16 @@ def test_folder_with_corrupt_and_truncated_jpegs_converts_the_rest_and_lists_the
   assert sorted(s["key"] for s in entry["skipped"]) == ["train/cat/truncated.jpg",
                                                          "train/dog/corrupt.jpg"]
   assert all(s["reason"] for s in entry["skipped"])
+
+
+def test_folder_where_no_image_decodes_is_an_error_and_leaves_no_shards(tmp_path):
+  (tmp_path / "in" / "cat").mkdir(parents=True)
+  (tmp_path / "in" / "cat" / "truncated.jpg").write_bytes(TRUNCATED_JPEG)
+  (tmp_path / "in" / "cat" / "text.jpg").write_bytes(b"not an image")
+  with pytest.raises(SystemExit, match=r"none of the 2 images .* could be converted"):
+    run("--mode=convert", "--source=folder", f"--input={tmp_path / 'in'}",
+        f"--output={tmp_path / 'out'}", "--split=train", "--num_shards=2")
+  assert not list((tmp_path / "out").iterdir())
 
 
 def test_images_of_other_sizes_and_channel_counts_are_converted_and_predicted(inputs, tmp_path):
@@ -275,6 +286,27 @@ def test_checkpoint_of_another_variant_or_class_count_stops_predict(inputs, tmp_
                    f"--output={output}", *TINY_MODEL)
   assert prefix in message and "efficientnet-b1" in message and "efficientnet-b0" in message
   assert not output.exists()
+
+
+def test_predict_into_an_output_of_another_teacher_or_temperature_is_an_error(inputs, tmp_path):
+  """A rerun keeps the prediction shards it finds; they must be the same teacher's."""
+  output = tmp_path / "predictions"
+  first = _predict(inputs, inputs / "unlabeled", output)
+  shards = {p.name: p.read_bytes() for p in output.glob("*.tfrecord")}
+  other = efficientnet.build_model("efficientnet-b0", NUM_CLASSES, **TINY)  # new random weights
+  other.save(tmp_path / "other.keras")
+  message = _error("--mode=predict", f"--checkpoint={tmp_path / 'other.keras'}",
+                   f"--unlabeled_data={inputs / 'unlabeled'}", f"--output={output}", *TINY_MODEL)
+  assert str(output) in message and "teacher" in message
+  message = _error("--mode=predict", f"--checkpoint={inputs / 'teacher.keras'}",
+                   f"--unlabeled_data={inputs / 'unlabeled'}", f"--output={output}",
+                   "--temperature=2", *TINY_MODEL)
+  assert "temperature" in message and "teacher" not in message
+  assert {p.name: p.read_bytes() for p in output.glob("*.tfrecord")} == shards  # untouched
+  # The same teacher and settings resume (every shard kept).
+  again = _predict(inputs, inputs / "unlabeled", output)
+  assert all(entry["resumed"] for entry in again["shards"])
+  assert again["images"] == first["images"]
 
 
 def _train_args(inputs, workdir, *extra):

@@ -16,6 +16,7 @@ from absl import flags
 import efficientnet
 import main
 from data import convert
+from noisy_student import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_MODEL = ["--small_image", "--image_size=16", "--width_coefficient=0.1",
@@ -122,7 +123,8 @@ def _free_ports(count):
   return ports
 
 
-@pytest.mark.slow
+# In the default run: Keras 3's fit needs workarounds under this strategy (train.py,
+# _fit_under_multi_worker) that a Keras upgrade may break.
 def test_multi_worker_strategy_with_two_local_workers_trains_and_only_the_chief_writes(
     labeled, tmp_path):
   workdir = tmp_path / "multi_worker"
@@ -152,3 +154,22 @@ def test_multi_worker_strategy_with_two_local_workers_trains_and_only_the_chief_
   # One writer, the chief: one TensorBoard event file; the other worker's outputs are gone.
   assert len(list((workdir / "tensorboard").rglob("events.out.tfevents.*"))) == 1
   assert not os.listdir(tmp_path / "tmp1")
+
+
+@pytest.mark.parametrize("cluster,task,expected", [
+    ({"worker": ["a", "b"]}, ("worker", 1), (2, 1)),
+    ({"chief": ["c"], "worker": ["a", "b"]}, ("chief", 0), (3, 0)),
+    ({"chief": ["c"], "worker": ["a", "b"]}, ("worker", 0), (3, 1)),
+    ({"chief": ["c"], "worker": ["a", "b"]}, ("worker", 1), (3, 2)),
+])
+def test_every_training_task_reads_its_own_part_of_the_input(cluster, task, expected):
+  """A TF_CONFIG with a separate chief: chief and workers each get a distinct input index."""
+  assert train.input_split(cluster, *task) == expected
+  indices = {train.input_split(cluster, t, i)[1]
+             for t in ("chief", "worker") for i in range(len(cluster.get(t, [])))}
+  assert indices == set(range(expected[0]))  # no overlap, no gap
+
+
+def test_parameter_server_tasks_do_not_train():
+  with pytest.raises(ValueError, match="'ps'"):
+    train.input_split({"worker": ["a"], "ps": ["p"]}, "ps", 0)

@@ -40,7 +40,7 @@ SIZES = {"train": 20, "test": 30, "extra": 40}   # extra: the unlabeled set, as 
 
 def run(*args):
   """main.py in this process (as tests/test_main.py), from the repository root: the student
-  recipe includes recipes/svhn_teacher.flags by a path relative to it."""
+  recipe includes recipes/svhn_teacher.flags by a path relative to the working directory."""
   flags.FLAGS.unparse_flags()
   cwd = os.getcwd()
   os.chdir(ROOT)   # contextlib.chdir needs Python 3.11
