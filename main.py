@@ -136,6 +136,13 @@ flags.DEFINE_list("beam_options", [], "beam: Apache Beam pipeline options, comma
 flags.DEFINE_list("robustness", [], f"eval: any of {', '.join(ROBUSTNESS)}.")
 flags.DEFINE_string("robustness_baseline", None, "eval: a robustness.json whose corruption "
                     "errors normalise mCE (e.g. the teacher's).")
+flags.DEFINE_enum("corruption_table", "auto", ["auto", "cifar10-c", "imagenet-c"],
+                  "eval: corruption severities: CIFAR-10-C's (32 px) or ImageNet-C's (224 px); "
+                  "auto picks by the model's input size (ImageNet-C's from 128 px).")
+flags.DEFINE_string("corrupted_data", None, "eval: root of a pre-made corrupted set in the "
+                    "ImageNet-C layout (<corruption>/<severity 1-5>/<class>/<images>); each folder "
+                    "is converted once and evaluated uncropped; errors and mCE (against "
+                    "--robustness_baseline) go into robustness.json.")
 flags.DEFINE_list("fgsm_epsilons", ["1", "2", "4", "8"], "eval: FGSM epsilons, 0-255 scale.")
 
 # iterate.
@@ -322,7 +329,7 @@ def _manifest_classes(data):
   from data import manifest  # pylint: disable=g-import-not-at-top
   if FLAGS.num_classes:
     return FLAGS.num_classes
-  found = manifest.load_manifest(data) if os.path.isdir(data) else None
+  found = manifest.load_manifest(data)  # None for a glob; gs:// directories too
   return (found or {}).get("num_classes") or None
 
 
@@ -334,12 +341,17 @@ def run_eval():
   dataset = pipeline.eval_dataset(FLAGS.eval_data, prep, batch_size=FLAGS.batch_size)
   metrics = evaluate.evaluate(model, dataset)
   output = FLAGS.output or FLAGS.workdir
-  if FLAGS.robustness:
+  if FLAGS.robustness or FLAGS.corrupted_data:
+    from data import manifest  # pylint: disable=g-import-not-at-top
     from noisy_student import robustness  # pylint: disable=g-import-not-at-top
+    # The pre-made set's labels follow the clean eval set's class names when it has them.
+    clean = manifest.load_manifest(FLAGS.eval_data)  # None for a glob
     metrics["robustness"] = robustness.robustness_phase(
         model, FLAGS.eval_data, prep, output, FLAGS.robustness,
         baseline=FLAGS.robustness_baseline, epsilons=[float(e) for e in FLAGS.fgsm_epsilons],
-        batch_size=FLAGS.batch_size, seed=FLAGS.seed)
+        batch_size=FLAGS.batch_size, seed=FLAGS.seed, table=FLAGS.corruption_table,
+        corrupted_data=FLAGS.corrupted_data,
+        class_names=(clean or {}).get("class_names") or None)
   # Last, with the robustness results in it: a metrics.json can then serve as a baseline.
   evaluate.save_metrics(metrics, output)
   _print({k: metrics[k] for k in ("top1", "top5", "loss", "num_examples")})

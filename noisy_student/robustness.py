@@ -337,6 +337,62 @@ def evaluate_robustness(model, dataset, normalize, kinds, *, baseline=None, seed
   return results
 
 
+def table_for(image_size, table="auto"):
+  """The corruption severity table: "auto" takes ImageNet-C's for inputs of 128 pixels and more
+  (its parameters are for 224-pixel images), CIFAR-10-C's below."""
+  if table == "auto":
+    return "imagenet-c" if image_size >= 128 else "cifar10-c"
+  _check_names([table], corruptions_lib.SEVERITY_TABLES, "severity table")
+  return table
+
+
+def premade_corruption_errors(model, root, preprocess_config, converted_dir, *, class_names=None,
+                              batch_size=256, num_shards=4):
+  """Top-1 errors on a pre-made corrupted set in the ImageNet-C folder layout.
+
+  Each `<root>/<corruption>/<severity>/` folder (labeled: one sub-folder per class, checked by
+  `data.corruptions.list_corrupted_folders`) is converted once by the data converter into
+  `<converted_dir>/<corruption>/<severity>/` (a rerun reuses finished conversions) and evaluated
+  without a crop: the images are already the test crops (ImageNet-C: 224x224), so they are only
+  resized when their size differs from the model's.
+
+  Args:
+    class_names: label order (e.g. the clean eval set's manifest class names); None takes the
+      class folders in sorted name order. Either way the count must be the model's.
+
+  Returns:
+    {"root", "errors": {c: {"s": error}}, "num_examples": {c: {"s": n}}} (the "errors" take
+    `mean_corruption_error`).
+  """
+  from data import convert  # pylint: disable=g-import-not-at-top
+  from data import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
+  from data import pipeline  # pylint: disable=g-import-not-at-top
+  from data import preprocess  # pylint: disable=g-import-not-at-top
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+
+  folders = corruptions_lib.list_corrupted_folders(root)
+  num_classes = int(model.output.shape[-1])
+  no_crop = dataclasses.replace(preprocess_config, small_image=True)
+  predict = _predictor(model, lambda images: preprocess.normalize(images, preprocess_config))
+  errors, counts = {}, {}
+  for folder in folders:
+    output = os.path.join(converted_dir, folder.corruption, str(folder.severity))
+    manifest = manifest_lib.load_manifest(output) if tf.io.gfile.isdir(output) else None
+    if manifest is None:
+      manifest = convert.convert("folder", folder.path, output, split="test",
+                                 num_shards=num_shards, class_names=class_names)
+    if manifest["num_classes"] != num_classes:
+      raise ValueError(f"{folder.path} has {manifest['num_classes']} classes but the model "
+                       f"{num_classes}")
+    error, total = _error_rate(predict, pipeline.eval_dataset(output, no_crop,
+                                                              batch_size=batch_size,
+                                                              normalized=False))
+    errors.setdefault(folder.corruption, {})[str(folder.severity)] = float(error)
+    counts.setdefault(folder.corruption, {})[str(folder.severity)] = int(total)
+  return {"root": str(root), "errors": errors, "num_examples": counts}
+
+
 def _plot_corruptions(axes, runs):
   corruptions = runs[0][1]["errors"]
   for ax, name in zip(axes, corruptions):
@@ -345,7 +401,9 @@ def _plot_corruptions(axes, runs):
       severities = sorted(by_severity, key=int)
       line, = ax.plot([int(s) for s in severities], [100 * by_severity[s] for s in severities],
                       marker="o", label=label)
-      ax.axhline(100 * result["clean_error"], color=line.get_color(), linestyle=":", linewidth=1)
+      if "clean_error" in result:  # a pre-made set has none of its own
+        ax.axhline(100 * result["clean_error"], color=line.get_color(), linestyle=":",
+                   linewidth=1)
     ax.set_title(name, fontsize=9)
     ax.set_xlabel("severity")
     ax.set_ylabel("top-1 error (%)")
@@ -438,20 +496,27 @@ def plot_robustness(results, path, baseline_results=None, *, labels=("model", "b
 
 
 def robustness_phase(model, eval_data, preprocess_config, output_dir, kinds, *, baseline=None,
-                     epsilons=DEFAULT_EPSILONS, batch_size=256, seed=0):
-  """eval --robustness: runs `evaluate_robustness` on an eval split and saves JSON and a plot.
+                     epsilons=DEFAULT_EPSILONS, batch_size=256, seed=0, table="auto",
+                     corrupted_data=None, class_names=None):
+  """eval --robustness / --corrupted_data: runs `evaluate_robustness` on an eval split and/or
+  `premade_corruption_errors` on a pre-made set; saves robustness.json and plots.
 
   Args:
     model: the evaluated model (EMA weights), logits from normalised images.
     eval_data: directory with manifest.json or glob of eval shards.
     preprocess_config: the model's eval preprocessing (size, mean/std).
-    output_dir: gets robustness.json and robustness.png.
+    output_dir: gets robustness.json, robustness.png (kinds) and robustness_corrupted_data.png.
     kinds: some of KINDS.
     baseline: path of a robustness.json (or metrics.json) to normalise mCE/mFR by, e.g. the
       teacher's; its results are drawn beside this model's.
     epsilons: FGSM epsilons on the 0-255 scale.
     batch_size: images per batch.
     seed: seeds every corruption and perturbation.
+    table: corruption severities, "cifar10-c", "imagenet-c" or "auto" (`table_for`).
+    corrupted_data: root of a pre-made set in the ImageNet-C layout, or None; its errors (and,
+      with a baseline holding the same section, CE and mCE) go under "corrupted_data"
+      (`premade_corruption_errors`, converted into `<output_dir>/corrupted_data/`).
+    class_names: label order for `corrupted_data` (None: sorted class folder names).
   """
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
@@ -466,14 +531,32 @@ def robustness_phase(model, eval_data, preprocess_config, output_dir, kinds, *, 
     with tf.io.gfile.GFile(baseline) as f:
       baseline_results = json.load(f)
     baseline_results = baseline_results.get("robustness", baseline_results)
-  pixels = pipeline.eval_dataset(eval_data, preprocess_config, batch_size=batch_size,
-                                 normalized=False)
-  results = evaluate_robustness(
-      model, pixels, lambda images: preprocess.normalize(images, preprocess_config), kinds,
-      baseline=baseline_results, seed=seed, epsilons=tuple(epsilons))
+  results = {}
+  if kinds:
+    pixels = pipeline.eval_dataset(eval_data, preprocess_config, batch_size=batch_size,
+                                   normalized=False)
+    results = evaluate_robustness(
+        model, pixels, lambda images: preprocess.normalize(images, preprocess_config), kinds,
+        baseline=baseline_results, seed=seed, epsilons=tuple(epsilons),
+        table=table_for(preprocess_config.image_size, table))
+  if corrupted_data:
+    premade = premade_corruption_errors(
+        model, corrupted_data, preprocess_config, os.path.join(output_dir, "corrupted_data"),
+        class_names=class_names, batch_size=batch_size)
+    base = _baseline_section(baseline_results, "corrupted_data")
+    premade.update(mean_corruption_error(premade["errors"], base.get("errors") if base else None))
+    results["corrupted_data"] = premade
   tf.io.gfile.makedirs(output_dir)
   records.write_text_atomically(os.path.join(output_dir, "robustness.json"),
                                 json.dumps(results, indent=1) + "\n")
-  plot_robustness(results, os.path.join(output_dir, "robustness.png"),
-                  baseline_results=baseline_results, labels=("model", "baseline"))
+  if kinds:
+    plot_robustness({k: v for k, v in results.items() if k in KINDS},
+                    os.path.join(output_dir, "robustness.png"),
+                    baseline_results=baseline_results, labels=("model", "baseline"))
+  if corrupted_data:
+    base = _baseline_section(baseline_results, "corrupted_data")
+    plot_robustness({"corruptions": results["corrupted_data"]},
+                    os.path.join(output_dir, "robustness_corrupted_data.png"),
+                    baseline_results={"corruptions": base} if base else None,
+                    labels=("model", "baseline"))
   return results

@@ -29,7 +29,7 @@ GROUPS = (
     ("filter (also iterate, beam)",
      "predictions confidence_threshold images_per_class balance duplicate_to_balance"),
     ("beam: predict + filter as one Apache Beam pipeline", "beam_options"),
-    ("eval: robustness", "robustness robustness_baseline fgsm_epsilons"),
+    ("eval: robustness", "robustness robustness_baseline fgsm_epsilons corruption_table corrupted_data"),
     ("iterate", "iterations student_models teacher_epochs student_epochs student_init"),
 )
 

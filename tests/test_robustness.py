@@ -491,3 +491,70 @@ def test_list_corrupted_folders_rejects_missing_root_and_corruption(tmp_path):
   _make_tree(tmp_path, {"fog": {1: ["cat"]}})
   with pytest.raises(ValueError, match="snow: no such corruption folder"):
     corruptions.list_corrupted_folders(str(tmp_path), corruptions=["snow"])
+
+
+def test_table_follows_the_input_size_unless_named():
+  assert robustness.table_for(32) == "cifar10-c"
+  assert robustness.table_for(224) == "imagenet-c"
+  assert robustness.table_for(224, "cifar10-c") == "cifar10-c"
+  with pytest.raises(ValueError, match="unknown severity table 'imagenet-p'"):
+    robustness.table_for(32, "imagenet-p")
+
+
+def test_main_eval_of_a_premade_set_matches_the_model_on_the_decoded_images(tmp_path):
+  """--corrupted_data through main.py: each folder's error equals the error of the model run
+  directly on the PNG pixels (PIL decode, the published ImageNet mean/std), labels by the clean
+  eval set's class names; the teacher as its own baseline has mCE 1."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  import efficientnet  # pylint: disable=g-import-not-at-top
+  import main  # pylint: disable=g-import-not-at-top
+  from data import convert  # pylint: disable=g-import-not-at-top
+
+  def run(*args):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["main.py", *args])
+    main.main(["main.py"])
+
+  rng = np.random.default_rng(0)
+  classes = ["cat", "dog"]
+  # The clean eval set fixes the label order: dog first, against the folders' sorted order.
+  np.savez(tmp_path / "clean.npz", images=rng.integers(0, 256, (4, 16, 16, 3), np.uint8),
+           labels=[0, 1, 0, 1], class_names=["dog", "cat"])
+  convert.convert("npz", str(tmp_path / "clean.npz"), str(tmp_path / "clean"), split="test",
+                  num_shards=1)
+  images, truth = {}, {}
+  for corruption, severities in {"fog": (1, 2), "contrast": (3,)}.items():
+    for severity in severities:
+      for label, name in ((1, "cat"), (0, "dog")):
+        folder = tmp_path / "premade" / corruption / str(severity) / name
+        folder.mkdir(parents=True)
+        for i in range(5):
+          pixels = rng.integers(0, 256, (16, 16, 3), np.uint8)
+          Image.fromarray(pixels).save(folder / f"{i}.png")
+          images.setdefault((corruption, severity), []).append(pixels)
+          truth.setdefault((corruption, severity), []).append(label)
+  model = efficientnet.build_model("efficientnet-b0", 2, image_size=16, small_image=True,
+                                   width_coefficient=0.1, depth_coefficient=0.1)
+  model.save(tmp_path / "model.keras")
+  mean = np.array([0.485, 0.456, 0.406]) * 255
+  std = np.array([0.229, 0.224, 0.225]) * 255
+  args = ["--mode=eval", f"--checkpoint={tmp_path / 'model.keras'}",
+          f"--eval_data={tmp_path / 'clean'}", f"--corrupted_data={tmp_path / 'premade'}",
+          "--image_size=16", "--small_image", "--normalization=imagenet", "--batch_size=4"]
+  run(*args, f"--output={tmp_path / 'teacher'}")
+  result = json.loads((tmp_path / "teacher" / "robustness.json").read_text())["corrupted_data"]
+  for (corruption, severity), pixels in images.items():
+    logits = model.predict((np.stack(pixels) - mean) / std, verbose=0)
+    expected = np.mean(np.argmax(logits, -1) != np.array(truth[(corruption, severity)]))
+    assert result["errors"][corruption][str(severity)] == pytest.approx(expected)
+    assert result["num_examples"][corruption][str(severity)] == 10
+  assert set(result["errors"]) == {"fog", "contrast"} and "mce" not in result
+  assert (tmp_path / "teacher" / "robustness_corrupted_data.png").exists()
+  # metrics.json holds the same results, so either file serves as a baseline.
+  saved = json.loads((tmp_path / "teacher" / "metrics.json").read_text())
+  assert saved["robustness"]["corrupted_data"]["errors"] == result["errors"]
+  run(*args, f"--output={tmp_path / 'student'}",
+      f"--robustness_baseline={tmp_path / 'teacher' / 'metrics.json'}")
+  student = json.loads((tmp_path / "student" / "robustness.json").read_text())["corrupted_data"]
+  assert student["mce"] == pytest.approx(1.0)
+  assert student["ce"] == {"fog": pytest.approx(1.0), "contrast": pytest.approx(1.0)}
