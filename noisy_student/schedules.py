@@ -35,6 +35,9 @@ def decay_epochs_for_final_learning_rate(base_learning_rate, final_base_learning
     warmup_epochs: subtracted from `total_epochs`.
     decay_rate: the staircase factor.
   """
+  if total_epochs <= warmup_epochs:
+    raise ValueError(f"--final_learning_rate needs a run longer than its warm-up: the run is "
+                     f"{total_epochs:g} epochs and --warmup_epochs={warmup_epochs:g}")
   decay_times = math.log(final_base_learning_rate / base_learning_rate) / math.log(decay_rate)
   return (total_epochs - warmup_epochs) / decay_times
 

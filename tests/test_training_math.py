@@ -201,6 +201,11 @@ def test_final_learning_rate_matches_svhn_recipe():
   assert schedules.scaled_learning_rate(0.016, 128) == pytest.approx(0.008)
 
 
+def test_final_learning_rate_inside_the_warm_up_is_an_error_naming_the_flags():
+  with pytest.raises(ValueError, match=r"run is 3 epochs and --warmup_epochs=5"):
+    schedules.decay_epochs_for_final_learning_rate(0.016, 0.0002, total_epochs=3)
+
+
 # --- optimizer ---------------------------------------------------------------------------------
 
 def _np_rmsprop(values, grads_per_step, lrs, rho=0.9, momentum=0.9, eps=1e-3, ms_init=1.0):
