@@ -22,6 +22,9 @@ MODES = ("convert", "train", "finetune", "predict", "filter", "eval", "iterate",
 SOURCES = ("folder", "idx", "svhn_mat", "npz", "tfds")
 ROBUSTNESS = ("corruptions", "perturbations", "fgsm")
 DEFAULT_DATA = "workdir/fashion_mnist"
+# What "no noise" sets (iterate --noteacher_noise): no RandAugment, Cutout, dropout or
+# stochastic depth.
+NO_NOISE = {"randaugment_layers": 0, "cutout": False, "dropout_rate": 0.0, "survival_prob": 1.0}
 
 FLAGS = flags.FLAGS
 
@@ -155,6 +158,9 @@ flags.DEFINE_float("student_epochs", None, "iterate: student length (default --e
                    lower_bound=0)
 flags.DEFINE_enum("student_init", "scratch", ["scratch", "teacher"], "iterate: train students "
                   "from scratch (the paper) or start them from their teacher's weights.")
+flags.DEFINE_bool("teacher_noise", True, "iterate: train the first teacher with the noise flags "
+                  "(off: no RandAugment, Cutout, dropout or stochastic depth for it; students stay "
+                  "noised). Off suits small labeled sets, where noise makes the teacher underfit.")
 
 
 @flags.validator("robustness", message=f"--robustness takes {', '.join(ROBUSTNESS)}")
@@ -365,6 +371,11 @@ def run_iterate():
                          f"--iterations={FLAGS.iterations}")
   teacher = (train_config(epochs=FLAGS.teacher_epochs, train_steps=None)
              if FLAGS.teacher_epochs else train_config())
+  student_overrides = {"epochs": FLAGS.student_epochs} if FLAGS.student_epochs else {}
+  if not FLAGS.teacher_noise:
+    # Students copy the teacher's config: they get the noise flags back explicitly.
+    student_overrides.update({name: getattr(teacher, name) for name in NO_NOISE})
+    teacher = dataclasses.replace(teacher, **NO_NOISE)
   summary = iterate.iterate(
       teacher, students, FLAGS.workdir, labeled_data=FLAGS.labeled_data,
       unlabeled_data=FLAGS.unlabeled_data, eval_data=FLAGS.eval_data,
@@ -372,8 +383,7 @@ def run_iterate():
                        images_per_class=FLAGS.images_per_class if FLAGS.balance else None,
                        duplicate=FLAGS.duplicate_to_balance, seed=FLAGS.seed),
       temperature=FLAGS.temperature, strategy=_strategy(),
-      student_overrides={"epochs": FLAGS.student_epochs} if FLAGS.student_epochs else None,
-      student_init=FLAGS.student_init)
+      student_overrides=student_overrides, student_init=FLAGS.student_init)
   _print(summary["table"])
 
 

@@ -10,7 +10,7 @@ against the hidden labels of the unlabeled images (no phase reads them). For the
 the teacher as mCE baseline, perturbation flip rates, FGSM) on the first --robustness_images test
 images. Writes <workdir>/results.json after every seed and prints markdown tables.
 
-  python benchmarks/fashion_mnist.py                  # 3 seeds, about 2 hours on 2 CPU cores
+  python benchmarks/fashion_mnist.py                  # 3 seeds, about an hour on 2 CPU cores
   python benchmarks/fashion_mnist.py --seeds 0 --robustness_seeds   # one seed, no robustness
 """
 
@@ -109,10 +109,12 @@ def run_seed(seed, work):
   wall["iterate"] = main_py("--mode=iterate", f"--workdir={runs}/iterate", *paths)
   summary = _json(runs, "iterate", "summary.json")
   student_epochs = float(recipe_value("student_epochs"))
-  # Control: the round-1 student on the same pseudo labels and steps, without any noise.
+  # Control: the round-1 student on the same pseudo labels, steps and start, without any noise.
+  init = ([f"--init_checkpoint={runs}/iterate/iter_0/train"]
+          if recipe_value("student_init") == "teacher" else [])
   wall["no_noise"] = main_py("--mode=train", f"--workdir={runs}/student_no_noise",
                              f"--pseudo_labeled_data={runs}/iterate/iter_1/filter",
-                             f"--epochs={student_epochs:g}", *NO_NOISE, *paths)
+                             f"--epochs={student_epochs:g}", *init, *NO_NOISE, *paths)
   # Ceiling: all 60,000 labels, same model and noise, as many images and the same schedule in
   # steps (warm-up and decay per step as in the student) as a student.
   labeled_images = 1000 * (1 + int(recipe_value("unlabeled_batch_ratio"))) * student_epochs

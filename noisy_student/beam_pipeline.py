@@ -167,10 +167,11 @@ class _Predict(beam.DoFn):
     self._preprocess = preprocess_config
     self._config = config
     self._dir = predict_dir
-    self._model = self._progress = None
+    self._model = self._infer = self._progress = None
 
   def setup(self):
     self._model = checkpoints.load_model(**self._load)
+    self._infer = predict.inference_function(self._model)
     self._progress = predict._Progress()
 
   def process(self, element):
@@ -179,14 +180,16 @@ class _Predict(beam.DoFn):
     output = os.path.join(self._dir, name)
     # As predict_phase: a finished shard (its file exists only once complete) is not redone.
     if tf.io.gfile.exists(output):
-      count = sum(1 for _ in tf.data.TFRecordDataset(output))
-      yield index, {"input": shard, "output": name, "count": count, "resumed": True}, 0, 0.0
+      count, skipped = predict._existing_counts(output)
+      yield index, {"input": shard, "output": name, "count": count, "undecodable": len(skipped),
+                    "undecodable_keys": skipped[:100], "resumed": True}, 0, 0.0
       return
     start, done = time.perf_counter(), self._progress.count
     dataset = pipeline.predict_dataset(shard, self._preprocess, batch_size=self._config.batch_size)
     skipped = []
     count = records.write_atomically(output, predict._shard_records(
-        self._model, shard, dataset, self._config, self._progress, skipped))
+        self._infer, checkpoints.model_classes(self._model), shard, dataset, self._config,
+        self._progress, skipped))
     if skipped:
       logging.warning("predict: %d undecodable images in %s (e.g. key %s), marked invalid",
                       len(skipped), shard, skipped[0])

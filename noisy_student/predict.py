@@ -109,10 +109,14 @@ def _existing_counts(path):
   return count, undecodable
 
 
-def _shard_records(model, shard, dataset, config, progress, skipped):
+def inference_function(model):
+  """The teacher in inference mode as one tf.function: made once per run (a new one per shard
+  would trace the model again for every shard)."""
+  return tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+
+
+def _shard_records(infer, num_classes, shard, dataset, config, progress, skipped):
   """Prediction records in input order; images that do not decode get placeholders."""
-  infer = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
-  num_classes = int(model.output.shape[-1])
   expected = iter(_input_keys(shard))
   for keys, images in dataset:
     probabilities = soft_labels(infer(images).numpy(), config.temperature)
@@ -215,6 +219,7 @@ def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config):
   shards = pipeline.worker_shards(pipeline.resolve_shards(unlabeled_data), config.num_workers,
                                   config.worker_index)
   check_run_identity(output_dir, run_identity(model, preprocess_config, config))
+  infer, num_classes = inference_function(model), int(model.output.shape[-1])
   progress = _Progress()
   entries = []
   for shard in shards:
@@ -230,7 +235,7 @@ def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config):
     dataset = pipeline.predict_dataset(shard, preprocess_config, batch_size=config.batch_size)
     skipped = []
     count = records.write_atomically(
-        output, _shard_records(model, shard, dataset, config, progress, skipped))
+        output, _shard_records(infer, num_classes, shard, dataset, config, progress, skipped))
     if skipped:
       logging.warning("predict: %d undecodable images in %s (e.g. key %s), marked invalid",
                       len(skipped), shard, skipped[0])

@@ -176,3 +176,25 @@ def test_layers_point_one_way():
       for name in imported:
         top = name.split(".")[0]
         assert top not in forbidden, f"{path} imports {name}"
+
+
+@pytest.mark.parametrize("teacher_noise", [True, False])
+def test_iterate_teacher_noise_off_leaves_the_students_noised(monkeypatch, teacher_noise):
+  """--noteacher_noise: the first teacher trains without RandAugment, Cutout, dropout or
+  stochastic depth; the students (the teacher's config with the overrides, as iterate builds
+  them) keep the noise flags."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from noisy_student import iterate  # pylint: disable=g-import-not-at-top
+  seen = {}
+  monkeypatch.setattr(iterate, "iterate", lambda teacher, students, workdir, **kwargs: (
+      seen.update(teacher=teacher, **kwargs), {"table": []})[1])
+  run("--mode=iterate", "--iterations=1", "--epochs=3", "--student_epochs=2",
+      "--randaugment_layers=2", "--randaugment_magnitude=9", "--cutout", "--dropout_rate=0.3",
+      "--survival_prob=0.7", "--strategy=cpu", f"--{'' if teacher_noise else 'no'}teacher_noise")
+  teacher = seen["teacher"]
+  student = dataclasses.replace(teacher, **seen["student_overrides"])
+  noised = dict(randaugment_layers=2, cutout=True, dropout_rate=0.3, survival_prob=0.7)
+  assert {k: getattr(student, k) for k in noised} == noised
+  assert student.epochs == 2 and teacher.epochs == 3
+  assert {k: getattr(teacher, k) for k in noised} == (noised if teacher_noise else dict(
+      randaugment_layers=0, cutout=False, dropout_rate=0.0, survival_prob=1.0))
