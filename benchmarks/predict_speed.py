@@ -1,7 +1,7 @@
 """Predict end to end (read shards -> decode -> infer -> write prediction shards) against raw
 model inference on in-memory tensors, in one run, same model and batch size. Goal: >= 0.9.
 
-  python benchmarks/predict_speed.py [--images 8192] [--image_size 32] [--batch_size 256]
+  python benchmarks/predict_speed.py [--images 65536] [--image_size 32] [--batch_size 256]
 """
 
 import argparse
@@ -34,7 +34,7 @@ def raw_rate(model, images, batch_size):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--images", type=int, default=8192)
+  parser.add_argument("--images", type=int, default=65536)
   parser.add_argument("--image_size", type=int, default=32)
   parser.add_argument("--batch_size", type=int, default=256)
   parser.add_argument("--shards", type=int, default=8)

@@ -10,7 +10,7 @@ flags overridden, and why:
   --train_steps=12 (recipe 109474) and --batch_size=10 (recipe 128; the student's pseudo-labeled
   rows follow: 10 * 5 = 50): time, and the tiny data. With 20 labeled images that is 6 epochs:
   --final_learning_rate needs a run longer than the recipe's 5 warm-up epochs (a shorter one
-  is refused: "decay_epochs must be positive"), so the recipe's warm-up stays as it is.
+  is refused), so the recipe's warm-up stays as it is.
   --width_coefficient=0.1, --depth_coefficient=0.1 (recipe: B0's own): a smaller B0 traces and
   runs in seconds on 2 CPU cores. Image size, small-image stem, noise, schedule, loss and filter
   settings stay the recipe's, and the tests check they took effect.
