@@ -39,6 +39,8 @@ def main():
   parser.add_argument("--batch_size", type=int, default=256)
   parser.add_argument("--shards", type=int, default=8)
   parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--width", type=float, default=0.5, help="B0's width coefficient")
+  parser.add_argument("--depth", type=float, default=0.5, help="B0's depth coefficient")
   args = parser.parse_args()
   root = tempfile.mkdtemp()
   try:
@@ -49,7 +51,7 @@ def main():
     convert.convert("npz", os.path.join(root, "unlabeled.npz"), os.path.join(root, "data"),
                     split="unlabeled", num_shards=args.shards, unlabeled=True)
     model = efficientnet.build_model("efficientnet-b0", 10, small_image=True,
-                                     width_coefficient=0.5, depth_coefficient=0.5)
+                                     width_coefficient=args.width, depth_coefficient=args.depth)
     prep = preprocess.PreprocessConfig(image_size=size, small_image=True)
     normalized = ((images.astype(np.float32) - 127.5) / 64.0)
     config = predict.PredictConfig(batch_size=args.batch_size)
@@ -60,8 +62,8 @@ def main():
       start = time.perf_counter()
       predict.predict_phase(model, os.path.join(root, "data"), output, prep, config)
       end_to_end.append(args.images / (time.perf_counter() - start))
-    print(f"| {args.images} images {size}x{size}, batch {args.batch_size}, b0 small-image w0.5 "
-          f"d0.5 | raw inference {max(raw):,.0f} img/s | predict end to end "
+    print(f"| {args.images} images {size}x{size}, batch {args.batch_size}, b0 small-image "
+          f"w{args.width:g} d{args.depth:g} | raw inference {max(raw):,.0f} img/s | predict end to end "
           f"{max(end_to_end):,.0f} img/s | ratio {max(end_to_end) / max(raw):.2f} |")
   finally:
     shutil.rmtree(root)

@@ -85,13 +85,21 @@ def _input_keys(shard):
   it whole and could not pair them.
   """
   spec = {records.KEY: tf.io.FixedLenFeature([], tf.string, default_value="")}
-  keys = tf.data.TFRecordDataset(shard).map(
-      lambda r: tf.io.parse_single_example(r, spec)[records.KEY])
+  # Parsed a batch at a time: one record at a time cost a fifth of predict's time.
+  keys = tf.data.TFRecordDataset(shard).batch(4096).map(
+      lambda r: tf.io.parse_example(r, spec)[records.KEY])
   found = []
   try:
-    found.extend(keys.as_numpy_iterator())
+    for batch in keys.as_numpy_iterator():
+      found.extend(batch)
   except tf.errors.OpError as e:
-    raise ValueError(f"cannot read {shard} past record {len(found)} "
+    readable = 0  # Counted one by one: the failing batch hides where the damage starts.
+    try:
+      for _ in tf.data.TFRecordDataset(shard):
+        readable += 1
+    except tf.errors.OpError:
+      pass
+    raise ValueError(f"cannot read {shard} past record {readable} "
                      f"({e.message.splitlines()[0]}); convert it again or leave it out") from e
   return found
 
