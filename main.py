@@ -301,7 +301,9 @@ def run_predict():
 
 
 def run_filter():
+  from noisy_student import filter_balance  # pylint: disable=g-import-not-at-top
   from noisy_student import filter_phase  # pylint: disable=g-import-not-at-top
+  filter_balance.return_freed_memory_promptly()  # memory bounded by what is kept
   if not (FLAGS.predictions and FLAGS.output):
     raise app.UsageError("filter needs --predictions and --output")
   stats = filter_phase.filter_and_balance_phase(

@@ -9,14 +9,14 @@ with a 0.3 threshold and duplication on. Only the core's time (add + result) is 
 time and as this process's CPU time (the core is single-threaded NumPy, so on a shared machine
 the CPU-time rate is the one that compares).
 
-Peak RSS includes glibc's slack: its mmap threshold adapts upwards after large frees, so freed
-arrays may stay resident. Running with MALLOC_MMAP_THRESHOLD_=131072 (inherited by the
-subprocesses) pins the threshold and shows the core's own growth more directly.
+Peak RSS depends on glibc: its mmap threshold adapts upwards after large frees, so freed arrays
+may stay resident. Each case pins the threshold as `main.py --mode=filter` does
+(`filter_balance.return_freed_memory_promptly`); --glibc_default leaves it adaptive.
 
 Usage:
   python benchmarks/filter_speed.py                       # 1M and 10M, N=130000 and N=1000
   python benchmarks/filter_speed.py --records 1000000 --images_per_class 1000
-  MALLOC_MMAP_THRESHOLD_=131072 python benchmarks/filter_speed.py
+  python benchmarks/filter_speed.py --glibc_default
 """
 
 import argparse
@@ -50,8 +50,10 @@ def _chunks(num_records, seed=0):
     yield labels, confidences, np.arange(start, start + size)
 
 
-def run_case(num_records, images_per_class):
+def run_case(num_records, images_per_class, glibc_default=False):
   """Feeds the core in this process; returns the measurements as a dict."""
+  if not glibc_default:
+    filter_balance.return_freed_memory_promptly()  # as main.py --mode=filter does
   baseline = _peak_rss_mib()
   selector = filter_balance.Selector(NUM_CLASSES, threshold=0.3,
                                      images_per_class=images_per_class, duplicate=True, seed=0)
@@ -71,9 +73,10 @@ def run_case(num_records, images_per_class):
           "baseline_rss_mib": baseline, "peak_rss_mib": _peak_rss_mib()}
 
 
-def _run_in_subprocess(num_records, images_per_class):
+def _run_in_subprocess(num_records, images_per_class, glibc_default):
   command = [sys.executable, os.path.abspath(__file__), "--worker", "--records", str(num_records),
-             "--images_per_class", str(images_per_class)]
+             "--images_per_class", str(images_per_class)] + (
+                 ["--glibc_default"] if glibc_default else [])
   return json.loads(subprocess.run(command, check=True, capture_output=True,
                                    text=True).stdout)
 
@@ -96,11 +99,14 @@ def main():
   parser.add_argument("--records", type=int, nargs="+", default=[1_000_000, 10_000_000])
   parser.add_argument("--images_per_class", type=int, nargs="+", default=[130_000, 1000])
   parser.add_argument("--worker", action="store_true", help="run one case in this process")
+  parser.add_argument("--glibc_default", action="store_true",
+                      help="leave glibc's mmap threshold adaptive (main.py pins it)")
   args = parser.parse_args()
   if args.worker:
-    print(json.dumps(run_case(args.records[0], args.images_per_class[0])))
+    print(json.dumps(run_case(args.records[0], args.images_per_class[0], args.glibc_default)))
     return
-  rows = [_run_in_subprocess(n, per_class) for per_class in args.images_per_class
+  rows = [_run_in_subprocess(n, per_class, args.glibc_default)
+          for per_class in args.images_per_class
           for n in args.records]
   print(_table(rows))
   for per_class in args.images_per_class:
