@@ -29,7 +29,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 RECIPE = "recipes/fashion_mnist_benchmark.flags"
-NO_NOISE = ["--randaugment_layers=0", "--nocutout", "--dropout_rate=0", "--survival_prob=1"]
+# The same "no noise" as iterate --noteacher_noise.
+from main import NO_NOISE as _NO_NOISE  # noqa: E402  pylint: disable=wrong-import-position
+NO_NOISE = [f"--{name}={value}" for name, value in _NO_NOISE.items()]
 ROWS = ("teacher", "student_1", "student_2", "student_1_no_noise", "supervised_60k")
 
 
@@ -50,10 +52,8 @@ def _json(*parts):
 
 
 def _write_json(value, *parts):
-  path = _path(*parts)
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f, indent=1)
-  os.replace(path + ".tmp", path)
+  from data import records  # pylint: disable=g-import-not-at-top  (TensorFlow: only when needed)
+  records.write_text_atomically(_path(*parts), json.dumps(value, indent=1))
 
 
 def recipe_value(name):

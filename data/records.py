@@ -14,6 +14,7 @@ Prediction shards carry no image bytes: record i belongs to record i of the inpu
 key proves it.
 """
 
+import contextlib
 import os
 import uuid
 
@@ -76,33 +77,38 @@ def without_hidden(paths):
   return [path for path in paths if not os.path.basename(path).startswith(".")]
 
 
-def write_atomically(final_path, serialized_records, options=None):
-  """Writes records to a temporary file and renames it to `final_path` once complete."""
+@contextlib.contextmanager
+def atomic_path(final_path):
+  """Yields a temporary sibling of `final_path` to write; renames it to `final_path` when the
+  block ends, and removes it when the block raises: no half-written file under the final name."""
   tmp = temporary_path(final_path)
   try:
-    with tf.io.TFRecordWriter(tmp, options=options) as writer:
-      count = 0
-      for record in serialized_records:
-        writer.write(record)
-        count += 1
+    yield tmp
     tf.io.gfile.rename(tmp, final_path, overwrite=True)
   except BaseException:
     if tf.io.gfile.exists(tmp):
       tf.io.gfile.remove(tmp)
     raise
+
+
+def write_atomically(final_path, serialized_records, options=None):
+  """Writes records to a temporary file and renames it to `final_path` once complete."""
+  count = 0
+  with atomic_path(final_path) as tmp, tf.io.TFRecordWriter(tmp, options=options) as writer:
+    for record in serialized_records:
+      writer.write(record)
+      count += 1
   return count
 
 
 def write_text_atomically(final_path, text):
-  tmp = temporary_path(final_path)
-  try:
-    with tf.io.gfile.GFile(tmp, "w") as f:
-      f.write(text)
-    tf.io.gfile.rename(tmp, final_path, overwrite=True)
-  except BaseException:
-    if tf.io.gfile.exists(tmp):
-      tf.io.gfile.remove(tmp)
-    raise
+  with atomic_path(final_path) as tmp, tf.io.gfile.GFile(tmp, "w") as f:
+    f.write(text)
+
+
+def write_bytes_atomically(final_path, data):
+  with atomic_path(final_path) as tmp, tf.io.gfile.GFile(tmp, "wb") as f:
+    f.write(data)
 
 
 def shard_name(prefix, index, num_shards):

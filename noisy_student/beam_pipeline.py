@@ -176,25 +176,9 @@ class _Predict(beam.DoFn):
 
   def process(self, element):
     index, shard = element
-    name = os.path.basename(shard)
-    output = os.path.join(self._dir, name)
-    # As predict_phase: a finished shard (its file exists only once complete) is not redone.
-    if tf.io.gfile.exists(output):
-      count, skipped = predict._existing_counts(output)
-      yield index, {"input": shard, "output": name, "count": count, "undecodable": len(skipped),
-                    "undecodable_keys": skipped[:100], "resumed": True}, 0, 0.0
-      return
     start, done = time.perf_counter(), self._progress.count
-    dataset = pipeline.predict_dataset(shard, self._preprocess, batch_size=self._config.batch_size)
-    skipped = []
-    count = records.write_atomically(output, predict._shard_records(
-        self._infer, checkpoints.model_classes(self._model), shard, dataset, self._config,
-        self._progress, skipped))
-    if skipped:
-      logging.warning("predict: %d undecodable images in %s (e.g. key %s), marked invalid",
-                      len(skipped), shard, skipped[0])
-    entry = {"input": shard, "output": name, "count": count, "undecodable": len(skipped),
-             "undecodable_keys": skipped[:100]}
+    entry = predict.predict_shard(self._infer, checkpoints.model_classes(self._model), shard,
+                                  self._dir, self._preprocess, self._config, self._progress)
     yield index, entry, self._progress.count - done, time.perf_counter() - start
 
 
@@ -203,16 +187,8 @@ def _write_summary(rows, predict_dir, num_classes, config):
   rows = sorted(rows, key=lambda row: row[0])
   entries = [entry for _, entry, _, _ in rows]
   predicted, seconds = sum(row[2] for row in rows), sum(row[3] for row in rows)
-  summary = {
-      "num_classes": num_classes, "temperature": config.temperature, "top_k": config.top_k,
-      "num_workers": 1, "worker_index": 0, "shards": entries,
-      "images": sum(e["count"] for e in entries), "images_predicted_now": predicted,
-      "undecodable": sum(e.get("undecodable", 0) for e in entries),
-      "images_per_second": round(predicted / max(seconds, 1e-9), 2), "engine": "beam",
-  }
-  records.write_text_atomically(os.path.join(predict_dir, predict.summary_name(config)),
-                                json.dumps(summary, indent=1) + "\n")
-  return summary
+  return predict.save_summary(predict_dir, entries, num_classes, config, predicted,
+                              predicted / max(seconds, 1e-9), engine="beam")
 
 
 class _Scan(beam.DoFn):

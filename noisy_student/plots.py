@@ -7,7 +7,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from data import records  # noqa: E402
 
@@ -19,10 +18,7 @@ def _save(figure, path):
   figure.tight_layout()
   figure.savefig(buffer, format="png", dpi=110)
   plt.close(figure)
-  tmp = records.temporary_path(path)
-  with tf.io.gfile.GFile(tmp, "wb") as f:
-    f.write(buffer.getvalue())
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  records.write_bytes_atomically(path, buffer.getvalue())
   return path
 
 

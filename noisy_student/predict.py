@@ -211,6 +211,43 @@ def check_run_identity(output_dir, identity):
   records.write_text_atomically(path, json.dumps(identity, indent=1) + "\n")
 
 
+def predict_shard(infer, num_classes, shard, output_dir, preprocess_config, config, progress):
+  """Writes the prediction shard of one unlabeled shard (same file name) unless a previous run
+  finished it; returns its summary entry."""
+  name = os.path.basename(shard)
+  output = os.path.join(output_dir, name)
+  if tf.io.gfile.exists(output):  # Only ever complete: written to a temporary, then renamed.
+    # Its undecodable count too: a resumed run's summary reports the same totals.
+    count, skipped = _existing_counts(output)
+    logging.info("predict: %s exists, skipped", output)
+    return {"input": shard, "output": name, "count": count, "undecodable": len(skipped),
+            "undecodable_keys": skipped[:100], "resumed": True}
+  dataset = pipeline.predict_dataset(shard, preprocess_config, batch_size=config.batch_size)
+  skipped = []
+  count = records.write_atomically(
+      output, _shard_records(infer, num_classes, shard, dataset, config, progress, skipped))
+  if skipped:
+    logging.warning("predict: %d undecodable images in %s (e.g. key %s), marked invalid",
+                    len(skipped), shard, skipped[0])
+  return {"input": shard, "output": name, "count": count, "undecodable": len(skipped),
+          "undecodable_keys": skipped[:100]}
+
+
+def save_summary(output_dir, entries, num_classes, config, predicted_now, rate, **extra):
+  """Writes this worker's summary JSON (the filter reads its shard list and counts)."""
+  summary = {
+      "num_classes": num_classes, "temperature": config.temperature, "top_k": config.top_k,
+      "num_workers": config.num_workers, "worker_index": config.worker_index,
+      "shards": entries, "images": sum(e["count"] for e in entries),
+      "images_predicted_now": predicted_now,
+      "undecodable": sum(e.get("undecodable", 0) for e in entries),
+      "images_per_second": round(rate, 2), **extra,
+  }
+  records.write_text_atomically(os.path.join(output_dir, summary_name(config)),
+                                json.dumps(summary, indent=1) + "\n")
+  return summary
+
+
 def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config):
   """Writes one prediction shard per unlabeled shard of this worker, then a summary JSON.
 
@@ -229,36 +266,10 @@ def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config):
   check_run_identity(output_dir, run_identity(model, preprocess_config, config))
   infer, num_classes = inference_function(model), int(model.output.shape[-1])
   progress = _Progress()
-  entries = []
-  for shard in shards:
-    output = os.path.join(output_dir, os.path.basename(shard))
-    if tf.io.gfile.exists(output):
-      # Its undecodable count too: a resumed run's summary reports the same totals.
-      count, skipped = _existing_counts(output)
-      entries.append({"input": shard, "output": os.path.basename(output), "count": count,
-                      "undecodable": len(skipped), "undecodable_keys": skipped[:100],
-                      "resumed": True})
-      logging.info("predict: %s exists, skipped", output)
-      continue
-    dataset = pipeline.predict_dataset(shard, preprocess_config, batch_size=config.batch_size)
-    skipped = []
-    count = records.write_atomically(
-        output, _shard_records(infer, num_classes, shard, dataset, config, progress, skipped))
-    if skipped:
-      logging.warning("predict: %d undecodable images in %s (e.g. key %s), marked invalid",
-                      len(skipped), shard, skipped[0])
-    entries.append({"input": shard, "output": os.path.basename(output), "count": count,
-                    "undecodable": len(skipped), "undecodable_keys": skipped[:100]})
-  summary = {
-      "num_classes": int(model.output.shape[-1]), "temperature": config.temperature,
-      "top_k": config.top_k, "num_workers": config.num_workers,
-      "worker_index": config.worker_index, "shards": entries,
-      "images": sum(e["count"] for e in entries), "images_predicted_now": progress.count,
-      "undecodable": sum(e.get("undecodable", 0) for e in entries),
-      "images_per_second": round(progress.rate, 2),
-  }
-  records.write_text_atomically(os.path.join(output_dir, summary_name(config)),
-                                json.dumps(summary, indent=1) + "\n")
+  entries = [predict_shard(infer, num_classes, shard, output_dir, preprocess_config, config,
+                           progress) for shard in shards]
+  summary = save_summary(output_dir, entries, num_classes, config, progress.count,
+                         progress.rate)
   logging.info("predict: %d images in %d shards, %.1f images/s", summary["images"], len(entries),
                progress.rate)
   return summary

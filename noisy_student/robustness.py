@@ -17,14 +17,21 @@ Conventions shared by every function:
   epsilon "4").
 """
 
+import dataclasses
 import io
+import json
+import os
 import zlib
 
 from matplotlib import figure as mpl_figure
 import numpy as np
 import tensorflow as tf
 
+from data import convert
 from data import corruptions as corruptions_lib
+from data import manifest as manifest_lib
+from data import pipeline
+from data import preprocess
 from data import records
 
 KINDS = ("corruptions", "perturbations", "fgsm")
@@ -364,12 +371,6 @@ def premade_corruption_errors(model, root, preprocess_config, converted_dir, *, 
     {"root", "errors": {c: {"s": error}}, "num_examples": {c: {"s": n}}} (the "errors" take
     `mean_corruption_error`).
   """
-  from data import convert  # pylint: disable=g-import-not-at-top
-  from data import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
-  from data import pipeline  # pylint: disable=g-import-not-at-top
-  from data import preprocess  # pylint: disable=g-import-not-at-top
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
 
   folders = corruptions_lib.list_corrupted_folders(root)
   num_classes = int(model.output.shape[-1])
@@ -378,7 +379,7 @@ def premade_corruption_errors(model, root, preprocess_config, converted_dir, *, 
   errors, counts = {}, {}
   for folder in folders:
     output = os.path.join(converted_dir, folder.corruption, str(folder.severity))
-    manifest = manifest_lib.load_manifest(output) if tf.io.gfile.isdir(output) else None
+    manifest = manifest_lib.load_manifest(output)  # a finished conversion is reused
     if manifest is None:
       manifest = convert.convert("folder", folder.path, output, split="test",
                                  num_shards=num_shards, class_names=class_names)
@@ -484,15 +485,7 @@ def plot_robustness(results, path, baseline_results=None, *, labels=("model", "b
   figure.tight_layout()
   buffer = io.BytesIO()
   figure.savefig(buffer, format="png", dpi=100)
-  tmp = records.temporary_path(path)
-  try:
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-      f.write(buffer.getvalue())
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-  except BaseException:
-    if tf.io.gfile.exists(tmp):
-      tf.io.gfile.remove(tmp)
-    raise
+  records.write_bytes_atomically(path, buffer.getvalue())
 
 
 def robustness_phase(model, eval_data, preprocess_config, output_dir, kinds, *, baseline=None,
@@ -518,11 +511,6 @@ def robustness_phase(model, eval_data, preprocess_config, output_dir, kinds, *, 
       (`premade_corruption_errors`, converted into `<output_dir>/corrupted_data/`).
     class_names: label order for `corrupted_data` (None: sorted class folder names).
   """
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  from data import pipeline  # pylint: disable=g-import-not-at-top
-  from data import preprocess  # pylint: disable=g-import-not-at-top
-  from data import records  # pylint: disable=g-import-not-at-top
 
   baseline_results = None
   if baseline:

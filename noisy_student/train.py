@@ -269,9 +269,8 @@ class Backup(keras.callbacks.Callback):
   def on_epoch_end(self, epoch, logs=None):
     tf.io.gfile.makedirs(self.write_dir)
     final = os.path.join(self.write_dir, self.WEIGHTS)
-    tmp = records.temporary_path(final)  # still ends in .weights.h5, as Keras requires
-    self.model.save_weights(tmp)
-    tf.io.gfile.rename(tmp, final, overwrite=True)
+    with records.atomic_path(final) as tmp:  # still ends in .weights.h5, as Keras requires
+      self.model.save_weights(tmp)
 
   def remove(self):
     if tf.io.gfile.exists(self.write_dir):
