@@ -193,19 +193,20 @@ def eval_dataset(data, config, *, batch_size, split=None, with_keys=False, norma
   """
   def parse(serialized):
     example = _parse(serialized)
-    if normalized:
-      image = preprocess.eval_transform(example["encoded"], config)
-    else:
-      pixels = preprocess.eval_pixels(example["encoded"], config)
-      image = tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
-    return image, tf.cast(example["label"], tf.int32), example["key"]
+    pixels = preprocess.eval_pixels(example["encoded"], config)
+    if not normalized:
+      pixels = tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
+    return pixels, tf.cast(example["label"], tf.int32), example["key"]
+
+  def finish(pixels, label, key):
+    image = preprocess.normalize(pixels, config) if normalized else pixels
+    return (image, label, key) if with_keys else (image, label)
 
   rows = ordered_records(resolve_shards(data, split))
   rows = rows.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
   rows = rows.ignore_errors(log_warning=True)
-  if not with_keys:
-    rows = rows.map(lambda image, label, key: (image, label))
-  return rows.batch(batch_size).prefetch(AUTOTUNE)
+  # Normalised a batch at a time: per image, those two ops cost more than the arithmetic.
+  return rows.batch(batch_size).map(finish).prefetch(AUTOTUNE)
 
 
 def predict_dataset(shard_path, config, *, batch_size=None):
@@ -219,13 +220,14 @@ def predict_dataset(shard_path, config, *, batch_size=None):
   """
   def parse(serialized):
     example = _parse(serialized)
-    return example["key"], preprocess.eval_transform(example["encoded"], config)
+    return example["key"], preprocess.eval_pixels(example["encoded"], config)
 
   rows = ordered_records([shard_path]).map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
   rows = rows.ignore_errors(log_warning=True)
   if batch_size:
-    rows = rows.batch(batch_size)
-  return rows.prefetch(AUTOTUNE)
+    rows = rows.batch(batch_size)  # Normalised after batching, as in `eval_dataset`.
+  return rows.map(lambda key, pixels: (key, preprocess.normalize(pixels, config))).prefetch(
+      AUTOTUNE)
 
 
 def scan_shards(data, split=None):
