@@ -10,7 +10,7 @@ against the hidden labels of the unlabeled images (no phase reads them). For the
 the teacher as mCE baseline, perturbation flip rates, FGSM) on the first --robustness_images test
 images. Writes <workdir>/results.json after every seed and prints markdown tables.
 
-  python benchmarks/fashion_mnist.py                  # 3 seeds, about an hour on 2 CPU cores
+  python benchmarks/fashion_mnist.py                  # 3 seeds, about 1.5 hours on 2 CPU cores
   python benchmarks/fashion_mnist.py --seeds 0 --robustness_seeds   # one seed, no robustness
 """
 
