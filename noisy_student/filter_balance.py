@@ -35,9 +35,8 @@ were fed; a compaction needs about 24 bytes per candidate. With balancing off ev
 above the threshold is a kept record and is held.
 """
 
-import dataclasses
-
 import ctypes
+import dataclasses
 
 import numpy as np
 

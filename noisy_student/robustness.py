@@ -371,7 +371,6 @@ def premade_corruption_errors(model, root, preprocess_config, converted_dir, *, 
     {"root", "errors": {c: {"s": error}}, "num_examples": {c: {"s": n}}} (the "errors" take
     `mean_corruption_error`).
   """
-
   folders = corruptions_lib.list_corrupted_folders(root)
   num_classes = int(model.output.shape[-1])
   no_crop = dataclasses.replace(preprocess_config, small_image=True)
