@@ -3,14 +3,16 @@ model inference on in-memory tensors, in one run, same model, inference function
 Goal: >= 0.9.
 
 Two input kinds:
-- image size < 128 (default 32): the small-image B0 on random RGB PNGs of that size, where
-  decoding is cheapest per image but inference is too, so decode takes its largest share;
-- image size >= 128: the standard B0 on JPEGs of 1.15x the size (smooth random scenes, quality
-  90), centre-cropped and resized with the ImageNet eval preprocessing: the ImageNet recipe's
-  predict (the paper's teachers run at 600-800 pixels, a still smaller decode share).
+- image size >= 128 (default 224): the standard B0 on JPEGs of 1.15x the size (smooth random
+  scenes, quality 90), centre-cropped and resized with the ImageNet eval preprocessing: the
+  ImageNet recipe's predict (the paper's teachers run at 600-800 pixels, a still smaller decode
+  share);
+- image size < 128: the small-image B0 on random RGB PNGs of that size, where decoding is
+  cheapest per image but inference is too, so decode takes its largest share.
 
-  python benchmarks/predict_speed.py [--images 65536] [--image_size 32] [--batch_size 256]
-  python benchmarks/predict_speed.py --image_size 224 --width 1 --depth 1 --images 2048
+  python benchmarks/predict_speed.py [--images 4096] [--rounds 2]
+  python benchmarks/predict_speed.py --image_size 32 --width 0.5 --depth 0.5 --images 65536 \
+      --batch_size 256
 """
 
 import argparse
@@ -74,13 +76,13 @@ def write_inputs(root, data, count, size, shards, small):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--images", type=int, default=65536)
-  parser.add_argument("--image_size", type=int, default=32)
-  parser.add_argument("--batch_size", type=int, default=256)
+  parser.add_argument("--images", type=int, default=4096)
+  parser.add_argument("--image_size", type=int, default=224)
+  parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--shards", type=int, default=8)
   parser.add_argument("--rounds", type=int, default=2)
-  parser.add_argument("--width", type=float, default=0.5, help="B0's width coefficient")
-  parser.add_argument("--depth", type=float, default=0.5, help="B0's depth coefficient")
+  parser.add_argument("--width", type=float, default=1.0, help="B0's width coefficient")
+  parser.add_argument("--depth", type=float, default=1.0, help="B0's depth coefficient")
   args = parser.parse_args()
   root = tempfile.mkdtemp()
   try:

@@ -209,25 +209,33 @@ def eval_dataset(data, config, *, batch_size, split=None, with_keys=False, norma
   return rows.batch(batch_size).map(finish).prefetch(AUTOTUNE)
 
 
-def predict_dataset(shard_path, config, *, batch_size=None):
-  """Ordered (key, image) of one shard, eval preprocessing: record i of the shard comes i-th.
+def predict_dataset(shards, config, *, batch_size=None):
+  """Ordered (shard index, key, image) of `shards`, eval preprocessing: file after file, record i
+  of a file i-th among its records.
+
+  One stream for all of a worker's shards: traced once, and decoding runs ahead across file
+  boundaries instead of stalling at each new file (per-file streams cost predict a fifth of its
+  time at 224x224). Batches can span two files; the shard index says where each image belongs.
 
   A record whose image cannot be decoded is skipped (logged), which shifts later positions:
   writers should carry the keys they get here rather than assume positions.
 
   Returns:
-    Dataset of (key string [B], image float32 [B, S, S, 3]); no B when batch_size is None.
+    Dataset of (shard index int64 [B], key string [B], image float32 [B, S, S, 3]); no B when
+    batch_size is None.
   """
-  def parse(serialized):
+  def parse(index, serialized):
     example = _parse(serialized)
-    return example["key"], preprocess.eval_pixels(example["encoded"], config)
+    return index, example["key"], preprocess.eval_pixels(example["encoded"], config)
 
-  rows = ordered_records([shard_path]).map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
+  files = tf.data.Dataset.from_tensor_slices(list(shards)).enumerate()
+  rows = files.flat_map(lambda index, path: _read_shard(path).map(lambda r: (index, r)))
+  rows = rows.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
   rows = rows.ignore_errors(log_warning=True)
   if batch_size:
     rows = rows.batch(batch_size)  # Normalised after batching, as in `eval_dataset`.
-  return rows.map(lambda key, pixels: (key, preprocess.normalize(pixels, config))).prefetch(
-      AUTOTUNE)
+  return rows.map(lambda index, key, pixels: (index, key, preprocess.normalize(pixels, config))
+                  ).prefetch(AUTOTUNE)
 
 
 def scan_shards(data, split=None):

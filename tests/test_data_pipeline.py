@@ -99,13 +99,24 @@ def test_eval_and_predict_streams_are_ordered_with_keys(converted):
     keys.extend(k.decode() for k in key.numpy())
   assert keys == order and len(images) == 3
   assert labels == [int(k.split("/")[1]) % NUM_CLASSES for k in keys]
-  predicted = list(pipeline.predict_dataset(shard, CONFIG).as_numpy_iterator())
-  assert [k.decode() for k, _ in predicted] == order
-  np.testing.assert_array_equal(np.stack([image for _, image in predicted]),
+  predicted = list(pipeline.predict_dataset([shard], CONFIG).as_numpy_iterator())
+  assert [k.decode() for _, k, _ in predicted] == order
+  np.testing.assert_array_equal(np.stack([image for _, _, image in predicted]),
                                 np.concatenate(images))
   image, label = next(iter(pipeline.eval_dataset(converted, CONFIG, batch_size=5, split="test")))
   assert image.shape == (5, 8, 8, 3) and label.dtype == tf.int32
 
+
+
+def test_predict_stream_runs_file_after_file_with_each_images_shard_index(converted):
+  shards = pipeline.resolve_shards(converted, "train")
+  expected = [(index, key) for index, shard in enumerate(shards)
+              for key in _keys(pipeline.ordered_records([shard]))]
+  # Batches of 7 over shards of 10: most batches span two files.
+  got = [(int(index), key.decode())
+         for indices, keys, _ in pipeline.predict_dataset(shards, CONFIG, batch_size=7)
+         for index, key in zip(indices.numpy(), keys.numpy())]
+  assert len(shards) == 4 and got == expected
 
 def _write_shard(path, rows):
   records.write_atomically(path, [records.make_example(**row) for row in rows])
