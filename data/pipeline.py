@@ -214,7 +214,7 @@ def predict_dataset(shards, config, *, batch_size=None):
   of a file i-th among its records.
 
   One stream for all of a worker's shards: traced once, and decoding runs ahead across file
-  boundaries instead of stalling at each new file (per-file streams cost predict a fifth of its
+  boundaries instead of stalling at each new file (per-file streams cost predict a sixth of its
   time at 224x224). Batches can span two files; the shard index says where each image belongs.
 
   A record whose image cannot be decoded is skipped (logged), which shifts later positions:

@@ -141,7 +141,6 @@ def test_undecodable_images_are_counted_by_predict_and_then_by_filter(undecodabl
   assert len(kept) == 22 and not kept & set(bad)
 
 
-
 def test_shards_with_no_decodable_image_or_no_record_are_predicted_in_line(inputs, tmp_path):
   """predict reads all shards as one stream; a shard that gives it no image (all undecodable,
   or empty) between two that do still gets its prediction shard, record for record."""
@@ -158,6 +157,7 @@ def test_shards_with_no_decodable_image_or_no_record_are_predicted_in_line(input
   assert [e["undecodable"] for e in summary["shards"]] == [0, 3, 0, 0]
   for shard in _shards(unlabeled):
     assert _keys(tmp_path / "predictions" / shard.name) == _keys(shard)
+
 
 def test_nan_and_negative_probabilities_are_counted_by_filter(undecodable, tmp_path):
   root, bad, _ = undecodable

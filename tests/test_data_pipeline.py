@@ -107,7 +107,6 @@ def test_eval_and_predict_streams_are_ordered_with_keys(converted):
   assert image.shape == (5, 8, 8, 3) and label.dtype == tf.int32
 
 
-
 def test_predict_stream_runs_file_after_file_with_each_images_shard_index(converted):
   shards = pipeline.resolve_shards(converted, "train")
   expected = [(index, key) for index, shard in enumerate(shards)
@@ -117,6 +116,7 @@ def test_predict_stream_runs_file_after_file_with_each_images_shard_index(conver
          for indices, keys, _ in pipeline.predict_dataset(shards, CONFIG, batch_size=7)
          for index, key in zip(indices.numpy(), keys.numpy())]
   assert len(shards) == 4 and got == expected
+
 
 def _write_shard(path, rows):
   records.write_atomically(path, [records.make_example(**row) for row in rows])
