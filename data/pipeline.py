@@ -55,12 +55,17 @@ def worker_shards(shards, num_workers, worker_index):
   return list(shards)[worker_index::num_workers]
 
 
-def ordered_records(shards):
-  """Serialized records of `shards`, file after file, each file in order.
+def ordered_records(shards, with_shard_index=False):
+  """Serialized records of `shards`, file after file, each file in order; with
+  `with_shard_index`, (index of the record's file in `shards`, record) pairs.
 
   A damaged file (truncated, bad CRC) gives its records up to the damage, then the next file.
   """
-  return tf.data.Dataset.from_tensor_slices(list(shards)).flat_map(_read_shard)
+  files = tf.data.Dataset.from_tensor_slices(list(shards))
+  if not with_shard_index:
+    return files.flat_map(_read_shard)
+  return files.enumerate().flat_map(
+      lambda index, path: _read_shard(path).map(lambda record: (index, record)))
 
 
 def train_records(data, *, seed, split=None, num_workers=1, worker_index=0,
@@ -228,9 +233,8 @@ def predict_dataset(shards, config, *, batch_size=None):
     example = _parse(serialized)
     return index, example["key"], preprocess.eval_pixels(example["encoded"], config)
 
-  files = tf.data.Dataset.from_tensor_slices(list(shards)).enumerate()
-  rows = files.flat_map(lambda index, path: _read_shard(path).map(lambda r: (index, r)))
-  rows = rows.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
+  rows = ordered_records(shards, with_shard_index=True).map(parse, num_parallel_calls=AUTOTUNE,
+                                                            deterministic=True)
   rows = rows.ignore_errors(log_warning=True)
   if batch_size:
     rows = rows.batch(batch_size)  # Normalised after batching, as in `eval_dataset`.

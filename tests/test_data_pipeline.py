@@ -110,7 +110,7 @@ def test_eval_and_predict_streams_are_ordered_with_keys(converted):
 def test_predict_stream_runs_file_after_file_with_each_images_shard_index(converted):
   shards = pipeline.resolve_shards(converted, "train")
   expected = [(index, key) for index, shard in enumerate(shards)
-              for key in _keys(pipeline.ordered_records([shard]))]
+              for key in _keys(tf.data.TFRecordDataset(shard))]
   # Batches of 7 over shards of 10: most batches span two files.
   got = [(int(index), key.decode())
          for indices, keys, _ in pipeline.predict_dataset(shards, CONFIG, batch_size=7)
