@@ -386,7 +386,7 @@ def run_iterate():
                        duplicate=FLAGS.duplicate_to_balance, seed=FLAGS.seed),
       temperature=FLAGS.temperature, strategy=_strategy(),
       student_overrides=student_overrides, student_init=FLAGS.student_init)
-  _print(summary["table"])
+  print("\n".join(summary["table"]))
 
 
 _MODES = {"convert": run_convert, "train": run_train, "finetune": lambda: run_train(True),

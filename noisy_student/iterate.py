@@ -58,6 +58,17 @@ def _eval(checkpoint, eval_data, directory, labeled_data, config):
   return metrics
 
 
+def summary_table(rounds):
+  """Lines of a plain-text table: one row per round, test top-1 in percent and its change over
+  the first teacher in points."""
+  lines = [f"{'round':<6} {'role':<8} {'model':<16} {'top-1 %':>7} {'vs teacher':>10}"]
+  for r in rounds:
+    change = f"{100 * (r['top1'] - rounds[0]['top1']):+.2f}" if r["round"] else ""
+    lines.append(f"{r['round']:<6} {r['role']:<8} {r['model']:<16} {100 * r['top1']:>7.2f} "
+                 f"{change:>10}".rstrip())
+  return lines
+
+
 def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_data, eval_data,
             filter_args, temperature=1.0, strategy=None, student_overrides=None,
             student_init="scratch"):
@@ -117,9 +128,7 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
     rounds.append({"round": k, "role": "student", "model": student, "top1": metrics["top1"],
                    "top5": metrics["top5"], "pseudo_labeled": stats["totals"]["with_copies"]})
     teacher_dir = student_dir
-  summary = {"rounds": rounds,
-             "table": [f"{r['round']}: {r['role']:7s} {r['model']:16s} top1 {r['top1']:.4f}"
-                       for r in rounds]}
+  summary = {"rounds": rounds, "table": summary_table(rounds)}
   records.write_text_atomically(os.path.join(workdir, "summary.json"),
                                 json.dumps(summary, indent=1) + "\n")
   plots.accuracy_per_round(rounds, os.path.join(workdir, "accuracy_per_round.png"))

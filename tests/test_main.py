@@ -178,6 +178,22 @@ def test_layers_point_one_way():
         assert top not in forbidden, f"{path} imports {name}"
 
 
+def test_iterate_table_gives_each_rounds_top1_and_its_change_over_the_teacher():
+  """The table iterate prints and saves: the benchmark's seed-0 figures, worked by hand."""
+  from noisy_student import iterate  # pylint: disable=g-import-not-at-top
+  rounds = [{"round": 0, "role": "teacher", "model": "efficientnet-b0", "top1": 0.816},
+            {"round": 1, "role": "student", "model": "efficientnet-b0", "top1": 0.8261},
+            {"round": 2, "role": "student", "model": "efficientnet-b1", "top1": 0.8265}]
+  header, *rows = iterate.summary_table(rounds)
+  assert header.split() == ["round", "role", "model", "top-1", "%", "vs", "teacher"]
+  assert [row.split() for row in rows] == [
+      ["0", "teacher", "efficientnet-b0", "81.60"],
+      ["1", "student", "efficientnet-b0", "82.61", "+1.01"],
+      ["2", "student", "efficientnet-b1", "82.65", "+1.05"]]
+  # Columns line up under the header.
+  assert {len(row) for row in rows[1:]} == {len(header)}
+
+
 @pytest.mark.parametrize("teacher_noise", [True, False])
 def test_iterate_teacher_noise_off_leaves_the_students_noised(monkeypatch, teacher_noise):
   """--noteacher_noise: the first teacher trains without RandAugment, Cutout, dropout or
