@@ -70,6 +70,8 @@ flags.DEFINE_integer("num_shards", 4, "convert/filter/beam: number of output sha
                      lower_bound=1)
 flags.DEFINE_bool("unlabeled", False, "convert: drop the labels.")
 flags.DEFINE_integer("limit", None, "convert: only the first N images.", lower_bound=1)
+flags.DEFINE_list("class_names", None, "convert: class names in label order, comma-separated "
+                  "(default: the source's own, else the label numbers); reports use them.")
 flags.DEFINE_integer("labeled_per_class", None, "convert: afterwards split the converted data "
                      "into OUTPUT/labeled (N per class, seeded) and OUTPUT/unlabeled (the rest).",
                      lower_bound=1)
@@ -228,7 +230,8 @@ def run_convert():
     raise app.UsageError("convert needs --output")
   manifest = convert.convert(FLAGS.source, FLAGS.input, FLAGS.output, split=FLAGS.split,
                              num_shards=FLAGS.num_shards, unlabeled=FLAGS.unlabeled,
-                             seed=FLAGS.seed, limit=FLAGS.limit)
+                             seed=FLAGS.seed, limit=FLAGS.limit,
+                             class_names=FLAGS.class_names)
   result = {"output": FLAGS.output,
             "splits": {k: v["num_examples"] for k, v in manifest["splits"].items()}}
   if FLAGS.labeled_per_class:
@@ -342,6 +345,7 @@ def _manifest_classes(data):
 
 
 def run_eval():
+  from data import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
   from data import pipeline  # pylint: disable=g-import-not-at-top
   from noisy_student import evaluate  # pylint: disable=g-import-not-at-top
   model = _model_for(FLAGS.checkpoint, _manifest_classes(FLAGS.eval_data))
@@ -350,10 +354,9 @@ def run_eval():
   metrics = evaluate.evaluate(model, dataset)
   output = FLAGS.output or FLAGS.workdir
   if FLAGS.robustness or FLAGS.corrupted_data:
-    from data import manifest  # pylint: disable=g-import-not-at-top
     from noisy_student import robustness  # pylint: disable=g-import-not-at-top
     # The pre-made set's labels follow the clean eval set's class names when it has them.
-    clean = manifest.load_manifest(FLAGS.eval_data)  # None for a glob
+    clean = manifest_lib.load_manifest(FLAGS.eval_data)  # None for a glob
     metrics["robustness"] = robustness.robustness_phase(
         model, FLAGS.eval_data, prep, output, FLAGS.robustness,
         baseline=FLAGS.robustness_baseline, epsilons=[float(e) for e in FLAGS.fgsm_epsilons],
@@ -361,7 +364,8 @@ def run_eval():
         corrupted_data=FLAGS.corrupted_data,
         class_names=(clean or {}).get("class_names") or None)
   # Last, with the robustness results in it: a metrics.json can then serve as a baseline.
-  evaluate.save_metrics(metrics, output)
+  evaluate.save_metrics(metrics, output, class_names=manifest_lib.class_names_for(
+      FLAGS.eval_data, model.output_shape[-1]))
   _print({k: metrics[k] for k in ("top1", "top5", "loss", "num_examples")})
 
 

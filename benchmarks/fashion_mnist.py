@@ -30,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 RECIPE = "recipes/fashion_mnist_benchmark.flags"
+CLASS_NAMES = "--flagfile=recipes/fashion_mnist_classes.flags"
 # The same "no noise" as iterate --noteacher_noise.
 from main import NO_NOISE as _NO_NOISE  # noqa: E402  pylint: disable=wrong-import-position
 NO_NOISE = [f"--{name}={value}" for name, value in _NO_NOISE.items()]
@@ -103,7 +104,7 @@ def run_seed(seed, work, ceiling):
   if not os.path.exists(_path(data, "labeled", "manifest.json")):
     wall["convert"] = main_py("--mode=convert", "--source=idx", f"--input={FMNIST}",
                               "--split=train", f"--output={data}", "--labeled_per_class=100",
-                              f"--seed={seed}", "--num_shards=8")
+                              f"--seed={seed}", "--num_shards=8", CLASS_NAMES)
   paths = [f"--labeled_data={data}/labeled", f"--unlabeled_data={data}/unlabeled",
            f"--eval_data={work}/test", f"--seed={seed}"]
   runs = f"{work}/seed{seed}"
@@ -148,7 +149,7 @@ def run_robustness(seed, work, num_images):
   subset = f"{work}/test_{num_images}"
   if not os.path.exists(_path(subset, "manifest.json")):
     main_py("--mode=convert", "--source=idx", f"--input={FMNIST}", "--split=t10k",
-            f"--output={subset}", "--num_shards=1", f"--limit={num_images}")
+            f"--output={subset}", "--num_shards=1", f"--limit={num_images}", CLASS_NAMES)
   runs = f"{work}/seed{seed}"
   results, wall = {}, {}
   for role, model_dir in (("teacher", "iter_0"), ("student_1", "iter_1")):
@@ -214,7 +215,7 @@ def main():
   results["recipe"] = RECIPE
   if not os.path.exists(_path(args.workdir, "test", "manifest.json")):
     main_py("--mode=convert", "--source=idx", f"--input={FMNIST}", "--split=t10k",
-            f"--output={args.workdir}/test", "--num_shards=2")
+            f"--output={args.workdir}/test", "--num_shards=2", CLASS_NAMES)
   for seed in args.seeds:
     if f"seed{seed}" not in results:  # a rerun skips finished seeds
       results[f"seed{seed}"] = run_seed(seed, args.workdir, seed in args.ceiling_seeds)

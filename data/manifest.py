@@ -50,6 +50,19 @@ def load_manifest(directory):
     return json.load(f)
 
 
+def class_names_for(data, num_classes):
+  """The class names that `data`'s manifest gives for `num_classes` classes, for reports.
+
+  `data` is a directory, a glob or a shard path; the manifest is the directory's, or the one
+  beside the shards. None when there is none or it names a different number of classes.
+  """
+  data = str(data)
+  directory = data if tf.io.gfile.isdir(data) else os.path.dirname(data)
+  manifest = load_manifest(directory) if directory else None
+  names = list((manifest or {}).get("class_names") or [])
+  return names if len(names) == num_classes else None
+
+
 def save_manifest(directory, manifest):
   records.write_text_atomically(manifest_path(directory), json.dumps(manifest, indent=1) + "\n")
 

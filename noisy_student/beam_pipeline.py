@@ -39,6 +39,7 @@ from apache_beam.options import pipeline_options
 import numpy as np
 import tensorflow as tf
 
+from data import manifest as manifest_lib
 from data import pipeline
 from data import records
 from noisy_student import checkpoints
@@ -308,6 +309,7 @@ class _Finish(beam.DoFn):
     self._num_shards = num_shards
 
   def process(self, _, summary, pairs, counts, classes, totals, written):
+    del summary  # a side input only so that predict's summary.json is written first
     pairs = [pair for _, pair in sorted(pairs, key=lambda item: item[0])]
     count = filter_phase._output_shard_count(self._num_shards, len(pairs), sum(totals.values()))
     names = [records.shard_name(filter_phase.SHARD_PREFIX, j, count) for j in range(count)]
@@ -317,13 +319,14 @@ class _Finish(beam.DoFn):
     if selection.empty_classes:
       logging.warning("filter: %d classes have no kept record and stay empty: %s",
                       len(selection.empty_classes), selection.empty_classes[:20])
+    class_names = manifest_lib.class_names_for(pairs[0].unlabeled, self._rule["num_classes"])
     filter_phase._save_summaries(self._dir, pairs, [pair.count for pair in pairs], selection,
-                                 self._soft, names, summary)
+                                 self._soft, names, class_names)
     plots.confidence_histograms(counts["histogram"],
                                 os.path.join(self._dir, "confidence_per_class.png"),
-                                threshold=self._rule["threshold"])
+                                threshold=self._rule["threshold"], class_names=class_names)
     plots.class_counts(selection.after_threshold, selection.with_copies,
-                       os.path.join(self._dir, "class_counts.png"))
+                       os.path.join(self._dir, "class_counts.png"), class_names=class_names)
     yield names
 
 

@@ -56,13 +56,15 @@ def evaluate(model, dataset):
   return classification_metrics(*predict_logits(model, dataset))
 
 
-def save_metrics(metrics, output_dir, name="metrics.json"):
-  """Writes metrics.json and a per-class accuracy plot beside it."""
+def save_metrics(metrics, output_dir, name="metrics.json", class_names=None):
+  """Writes metrics.json and a per-class accuracy plot beside it (bars named by `class_names`,
+  else by class index)."""
   from noisy_student import plots  # pylint: disable=g-import-not-at-top  (matplotlib is slow)
   tf.io.gfile.makedirs(output_dir)
   path = os.path.join(output_dir, name)
   records.write_text_atomically(path, json.dumps(metrics, indent=1) + "\n")
   plots.per_class_accuracy(metrics["per_class_accuracy"],
                            os.path.join(output_dir, "per_class_accuracy.png"),
-                           title=f"per-class top-1 (overall {metrics['top1']:.4f})")
+                           title=f"per-class top-1 (overall {metrics['top1']:.4f})",
+                           class_names=class_names)
   return path

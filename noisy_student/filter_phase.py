@@ -123,11 +123,14 @@ def filter_and_balance_phase(predictions, unlabeled_data, output_dir, *, thresho
                     len(selection.empty_classes), selection.empty_classes[:20])
   shard_names = _write_training_shards(pairs, counts, selection, soft, output_dir, num_shards,
                                        seed, batch_size)
-  stats = _save_summaries(output_dir, pairs, counts, selection, soft, shard_names, summary)
+  # The unlabeled data's manifest names the classes when it came from labeled data (as the
+  # converter's splits do); the filter's manifest and plots carry the names on.
+  class_names = manifest_lib.class_names_for(pairs[0].unlabeled, num_classes)
+  stats = _save_summaries(output_dir, pairs, counts, selection, soft, shard_names, class_names)
   plots.confidence_histograms(histogram, os.path.join(output_dir, "confidence_per_class.png"),
-                              threshold=threshold)
+                              threshold=threshold, class_names=class_names)
   plots.class_counts(selection.after_threshold, selection.with_copies,
-                     os.path.join(output_dir, "class_counts.png"))
+                     os.path.join(output_dir, "class_counts.png"), class_names=class_names)
   return stats
 
 
@@ -413,7 +416,7 @@ def _shuffle_into(spill, final, rng, batch_size=4096):
   records.write_atomically(final, serialized[rng.permutation(len(serialized))])
 
 
-def _save_summaries(output_dir, pairs, counts, selection, soft, shard_names, summary):
+def _save_summaries(output_dir, pairs, counts, selection, soft, shard_names, class_names):
   """Writes manifest.json, drops shards only a previous run listed, then writes stats.json.
 
   stats.json comes last: its presence means the output directory is complete.
@@ -422,7 +425,7 @@ def _save_summaries(output_dir, pairs, counts, selection, soft, shard_names, sum
   entry = {"num_examples": selection.num_records, "labeled": True,
            "class_counts": selection.with_copies.tolist(), "shards": shard_names,
            "source": {"type": "filter", "soft_label": soft_label}, "seed": selection.seed}
-  manifest = {"class_names": (summary or {}).get("class_names", []),
+  manifest = {"class_names": list(class_names or []),
               "num_classes": selection.num_classes, "source": "filter",
               "splits": {SHARD_PREFIX: entry}}
   previous = manifest_lib.load_manifest(output_dir) or {}

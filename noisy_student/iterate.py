@@ -13,6 +13,7 @@ import os
 import tensorflow as tf
 
 import efficientnet
+from data import manifest as manifest_lib
 from data import pipeline
 from data import records
 from noisy_student import checkpoints
@@ -54,7 +55,8 @@ def _eval(checkpoint, eval_data, directory, labeled_data, config):
   model = checkpoints.load_model(checkpoint)
   prep = train.preprocess_config(config, labeled_data, train=False)
   metrics = evaluate.evaluate(model, pipeline.eval_dataset(eval_data, prep, batch_size=256))
-  evaluate.save_metrics(metrics, directory)
+  evaluate.save_metrics(metrics, directory, class_names=manifest_lib.class_names_for(
+      eval_data, model.output_shape[-1]))
   return metrics
 
 

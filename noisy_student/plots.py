@@ -22,6 +22,12 @@ def _save(figure, path):
   return path
 
 
+def _tick_style(labels):
+  # Slanted when words or many classes would overlap along the axis.
+  slanted = len(labels) > 10 or max(map(len, labels), default=0) > 3
+  return {"rotation": 45, "ha": "right"} if slanted else {}
+
+
 def confidence_histograms(histogram, path, *, threshold=None, class_names=None):
   """Per class: how confident the teacher was on the images it assigned to that class.
 
@@ -56,20 +62,22 @@ def class_counts(before, after, path, *, labels=("after threshold", "kept (with 
   figure, ax = plt.subplots(figsize=(max(4, 0.5 * len(x) + 2), 3))
   ax.bar(x - 0.2, before, 0.4, label=labels[0])
   ax.bar(x + 0.2, after, 0.4, label=labels[1])
-  ax.set_xticks(x, class_names if class_names is not None else [str(i) for i in x],
-                fontsize=7, rotation=45 if len(x) > 10 else 0)
+  ticks = class_names if class_names is not None else [str(i) for i in x]
+  ax.set_xticks(x, ticks, fontsize=7, **_tick_style(ticks))
   ax.set_ylabel("images")
   ax.legend(fontsize=8)
   ax.set_title("pseudo-labeled images per class", fontsize=9)
   return _save(figure, path)
 
 
-def per_class_accuracy(accuracy_by_class, path, *, title="per-class top-1"):
-  names = list(accuracy_by_class)
-  values = [accuracy_by_class[n] for n in names]
-  figure, ax = plt.subplots(figsize=(max(4, 0.45 * len(names) + 2), 3))
-  ax.bar(range(len(names)), values, color="tab:green")
-  ax.set_xticks(range(len(names)), names, fontsize=7)
+def per_class_accuracy(accuracy_by_class, path, *, title="per-class top-1", class_names=None):
+  """Bars of top-1 per class; `accuracy_by_class` is keyed by the class index (as a string)."""
+  keys = list(accuracy_by_class)
+  values = [accuracy_by_class[k] for k in keys]
+  ticks = [class_names[int(k)] for k in keys] if class_names else keys
+  figure, ax = plt.subplots(figsize=(max(4, 0.45 * len(keys) + 2), 3))
+  ax.bar(range(len(keys)), values, color="tab:green")
+  ax.set_xticks(range(len(keys)), ticks, fontsize=7, **_tick_style(ticks))
   ax.set_ylim(0, 1)
   ax.set_title(title, fontsize=9)
   return _save(figure, path)

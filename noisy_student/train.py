@@ -419,7 +419,8 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
       eval_prep = preprocess_config(config, labeled_data, train=False)
       metrics_ = evaluate.evaluate(model, pipeline.eval_dataset(eval_data, eval_prep,
                                                                 batch_size=256))
-      evaluate.save_metrics(metrics_, outputs)
+      evaluate.save_metrics(metrics_, outputs,
+                            class_names=manifest_lib.class_names_for(eval_data, num_classes))
       result["eval"] = metrics_
     records.write_text_atomically(os.path.join(outputs, "history.json"),
                                   json.dumps(result, indent=1) + "\n")

@@ -21,11 +21,12 @@ export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 DATA=workdir/fashion_mnist
 if [ ! -e "$DATA/labeled/manifest.json" ]; then
   python3 main.py --mode=convert --source=idx --input="$FMNIST" --split=train \
-    --output="$DATA" --labeled_per_class=100 --num_shards=8
+    --output="$DATA" --labeled_per_class=100 --num_shards=8 \
+    --flagfile=recipes/fashion_mnist_classes.flags
 fi
 if [ ! -e "$DATA/test/manifest.json" ]; then
   python3 main.py --mode=convert --source=idx --input="$FMNIST" --split=t10k \
-    --output="$DATA/test" --num_shards=2
+    --output="$DATA/test" --num_shards=2 --flagfile=recipes/fashion_mnist_classes.flags
 fi
 python3 main.py --flagfile=recipes/fashion_mnist_demo.flags --mode=iterate "$@"
 echo "Report: workdir/demo/summary.json, workdir/demo/accuracy_per_round.png," \

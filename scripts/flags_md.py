@@ -19,7 +19,7 @@ GROUPS = (
      "depth_coefficient num_classes seed strategy tpu mixed_precision batch_size normalization"),
     ("Data (train, finetune, predict, filter, eval, iterate)",
      "labeled_data unlabeled_data eval_data pseudo_labeled_data"),
-    ("convert", "source input output split num_shards unlabeled limit labeled_per_class"),
+    ("convert", "source input output split num_shards unlabeled limit class_names labeled_per_class"),
     ("train and finetune (also iterate)",
      "epochs train_steps unlabeled_batch_ratio pseudo_labels init_checkpoint randaugment_layers "
      "randaugment_magnitude cutout flip dropout_rate survival_prob base_learning_rate "

@@ -318,6 +318,25 @@ def test_phase_writes_joined_balanced_shuffled_shards(phase_run):
       "manifest.json", "stats.json", "confidence_per_class.png", "class_counts.png"])
 
 
+@pytest.mark.parametrize("named", [NUM_CLASSES, NUM_CLASSES + 1])
+def test_phase_names_classes_as_the_unlabeled_manifest_does(tmp_path, plot_labels, named):
+  """The manifest beside the unlabeled shards names the classes: the filter's manifest and plots
+  carry the names on; with a different number of names, neither uses them."""
+  _write_inputs(tmp_path)
+  names = [f"kind {c}" for c in range(named)]
+  manifest_lib.save_manifest(str(tmp_path / "unlabeled"),
+                             {"class_names": names, "num_classes": named, "splits": {}})
+  filter_phase.filter_and_balance_phase(str(tmp_path / "predictions"), None, str(tmp_path / "out"),
+                                        threshold=0, images_per_class=None)
+  manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+  expected = names if named == NUM_CLASSES else None
+  assert manifest["class_names"] == (expected or [])
+  titles = [title for _, title in plot_labels["confidence_per_class.png"][:NUM_CLASSES]]
+  assert titles == (expected or [f"class {c}" for c in range(NUM_CLASSES)])
+  (ticks, _), = plot_labels["class_counts.png"]
+  assert ticks == (expected or [str(c) for c in range(NUM_CLASSES)])
+
+
 def test_phase_skips_and_counts_nan_and_negative_probabilities(phase_run):
   root, truth, stats = phase_run
   names = json.loads((root / "out" / "manifest.json").read_text())["splits"]["train"]["shards"]

@@ -28,6 +28,9 @@ def run(*args):
   main.main(["main.py"])
 
 
+CLASS_NAMES = ["red", "green", "blue"]  # what tells the classes of `_images` apart
+
+
 def _images(n, seed):
   """Three classes a small network learns in a few steps: which channel is bright."""
   rng = np.random.default_rng(seed)
@@ -44,7 +47,8 @@ def converted(tmp_path_factory):
     images, labels = _images(n, seed)
     np.savez(root / f"{split}.npz", images=images, labels=labels)
     run("--mode=convert", "--source=npz", f"--input={root / split}.npz",
-        f"--output={root / split}", f"--split={split}", "--num_shards=2")
+        f"--output={root / split}", f"--split={split}", "--num_shards=2",
+        f"--class_names={','.join(CLASS_NAMES)}")
   return root
 
 
@@ -54,7 +58,7 @@ def _keys(path):
           for r in tf.data.TFRecordDataset(str(path))]
 
 
-def test_teacher_predict_filter_student_eval(converted, tmp_path):
+def test_teacher_predict_filter_student_eval(converted, tmp_path, plot_labels):
   d = converted
   common = [*TINY_MODEL, "--batch_size=8", "--warmup_epochs=0", "--seed=3"]
   run("--mode=train", f"--labeled_data={d / 'labeled'}", f"--eval_data={d / 'test'}",
@@ -78,6 +82,10 @@ def test_teacher_predict_filter_student_eval(converted, tmp_path):
   stats = json.loads((tmp_path / "filter" / "stats.json").read_text())
   kept = stats["per_class"]["with_copies"]
   assert all(k in (0, 10) for k in kept) and sum(kept) > 0
+  # The names given to convert reach the filter's manifest and plots.
+  assert json.loads((tmp_path / "filter" / "manifest.json").read_text())["class_names"] == (
+      CLASS_NAMES)
+  assert plot_labels["class_counts.png"][0][0] == CLASS_NAMES
 
   run("--mode=train", f"--labeled_data={d / 'labeled'}",
       f"--pseudo_labeled_data={tmp_path / 'filter'}", "--unlabeled_batch_ratio=2",
@@ -91,6 +99,8 @@ def test_teacher_predict_filter_student_eval(converted, tmp_path):
   metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
   assert metrics["num_examples"] == 30
   assert set(metrics) >= {"top1", "top5", "loss", "per_class_accuracy"}
+  assert plot_labels["per_class_accuracy.png"][0][0] == [
+      CLASS_NAMES[int(c)] for c in metrics["per_class_accuracy"]]
   # The train run's own evaluation (EMA weights) and the eval mode agree.
   assert metrics["top1"] == pytest.approx(student["eval"]["top1"])
   assert not list(tmp_path.rglob(".tmp-*"))
