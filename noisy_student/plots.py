@@ -92,10 +92,11 @@ def training_curves(history, path):
   left.set_xlabel("Keras epoch")
   left.legend(fontsize=7)
   if "accuracy" in history:
-    right.plot(history["accuracy"], label="labeled accuracy (noised)")
+    right.plot(history["accuracy"], label="labeled accuracy (training images, as augmented)")
   if "learning_rate" in history:
     lr = right.twinx()
     lr.plot(history["learning_rate"], color="tab:gray", linestyle=":", label="learning rate")
+    lr.set_ylabel("learning rate (dotted)", fontsize=7)
     lr.tick_params(labelsize=6)
   right.set_xlabel("Keras epoch")
   right.legend(fontsize=7, loc="lower right")
@@ -108,9 +109,11 @@ def accuracy_per_round(rounds, path):
   x = [r["round"] for r in rounds]
   ax.plot(x, [r["top1"] for r in rounds], marker="o")
   for r in rounds:
-    ax.annotate(f"{r['top1']:.3f}\n{r['model'].replace('efficientnet-', '')}",
-                (r["round"], r["top1"]), fontsize=7, ha="center", va="bottom")
+    ax.annotate(f"{100 * r['top1']:.2f}%\n{r['model'].replace('efficientnet-', '')}",
+                (r["round"], r["top1"]), xytext=(0, 5), textcoords="offset points", fontsize=7,
+                ha="center", va="bottom")
   ax.set_xticks(x, ["teacher" if r["round"] == 0 else f"student {r['round']}" for r in rounds])
+  ax.margins(x=0.15, y=0.3)  # room for the labels above the points
   ax.set_ylabel("test top-1")
   ax.set_title("accuracy per Noisy Student round", fontsize=9)
   return _save(figure, path)
