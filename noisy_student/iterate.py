@@ -2,7 +2,8 @@
 
 Each phase writes under `<workdir>/iter_<k>/<phase>/` and marks itself done with a `DONE` file
 written last; a rerun skips done phases and resumes the interrupted one (predict skips finished
-shards, train resumes from its last backup).
+shards, train resumes from its last backup). `<workdir>/iterate_settings.json` records what the
+run was asked to do; a rerun with other settings is refused before any work (`check_settings`).
 """
 
 import dataclasses
@@ -24,6 +25,7 @@ from noisy_student import predict
 from noisy_student import train
 
 DONE = "DONE"
+SETTINGS = "iterate_settings.json"
 
 
 def _done(directory):
@@ -49,6 +51,56 @@ def _phase(directory, run):
   result = run()
   _mark_done(directory, result)
   return result
+
+
+def check_settings(workdir, settings):
+  """Refuses to resume `workdir` under other settings; records them for the next run.
+
+  Finished phases are reused by their DONE marks, so a changed recipe run into the same workdir
+  would otherwise mix old results into the new table. Only `student_models` may differ: one list
+  must start with the other (a run with more iterations continues one with fewer).
+
+  Args:
+    settings: JSON-serialisable dict of everything that shapes the results.
+
+  Raises:
+    ValueError: naming the workdir and each setting that differs.
+  """
+  settings = json.loads(json.dumps(settings, default=str))
+  path = os.path.join(workdir, SETTINGS)
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      recorded = json.load(f)
+    differing = _differences(recorded, settings)
+    old_models, new_models = recorded.get("student_models", []), settings["student_models"]
+    common = min(len(old_models), len(new_models))
+    if old_models[:common] != new_models[:common]:
+      differing.append(f"student_models: {old_models} -> {new_models}")
+    if differing:
+      raise ValueError(f"--workdir {workdir} holds an iterate run with other settings "
+                       f"({'; '.join(differing)}): its finished phases would be reused. Use "
+                       "another --workdir, or remove this one to start over.")
+    if len(new_models) <= len(old_models):
+      return
+  elif any(_done(os.path.join(workdir, "iter_0", phase)) for phase in ("train", "eval")):
+    logging.warning("iterate: %s has finished phases but no %s (an older run): they are reused "
+                    "without checking that they match these settings", workdir, SETTINGS)
+  tf.io.gfile.makedirs(workdir)
+  records.write_text_atomically(path, json.dumps(settings, indent=1) + "\n")
+
+
+def _differences(recorded, settings, prefix=""):
+  """'name: old -> new' for every leaf that differs, student_models aside."""
+  found = []
+  for key in sorted(set(recorded) | set(settings)):
+    if not prefix and key == "student_models":
+      continue
+    old, new = recorded.get(key), settings.get(key)
+    if isinstance(old, dict) and isinstance(new, dict):
+      found += _differences(old, new, f"{prefix}{key}.")
+    elif old != new:
+      found.append(f"{prefix}{key}: {old!r} -> {new!r}")
+  return found
 
 
 def _eval(checkpoint, eval_data, directory, labeled_data, config):
@@ -96,6 +148,11 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
   if sizes != sorted(sizes):
     raise ValueError(f"students must be equal or larger than their teachers: "
                      f"{[teacher_config.model] + list(student_models)}")
+  check_settings(workdir, {
+      "teacher_config": dataclasses.asdict(teacher_config), "student_models": list(student_models),
+      "labeled_data": labeled_data, "unlabeled_data": unlabeled_data, "eval_data": eval_data,
+      "filter_args": filter_args, "temperature": temperature,
+      "student_overrides": student_overrides or {}, "student_init": student_init})
   rounds = []
   teacher_dir = os.path.join(workdir, "iter_0", "train")
   _phase(teacher_dir, lambda: train.train(teacher_config, labeled_data, teacher_dir,

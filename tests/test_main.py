@@ -204,6 +204,40 @@ def test_iterate_table_gives_each_rounds_top1_and_its_change_over_the_teacher():
   assert {len(row) for row in rows[1:]} == {len(header)}
 
 
+def test_iterate_refuses_to_resume_a_workdir_under_other_settings(tmp_path, caplog):
+  """A rerun may continue a run (same settings, or more rounds) but not reuse the finished
+  phases of a run with other settings; a workdir from before the settings file only warns."""
+  from noisy_student import iterate  # pylint: disable=g-import-not-at-top
+  settings = {"teacher_config": {"epochs": 100, "seed": 0}, "student_models": ["efficientnet-b0"],
+              "filter_args": {"threshold": 0.3}, "labeled_data": "data/labeled"}
+  iterate.check_settings(str(tmp_path), settings)
+  iterate.check_settings(str(tmp_path), settings)  # the same command again: resumes
+  more_rounds = dict(settings, student_models=["efficientnet-b0", "efficientnet-b1"])
+  iterate.check_settings(str(tmp_path), more_rounds)
+  iterate.check_settings(str(tmp_path), settings)  # fewer rounds: a prefix of the run
+  recorded = json.loads((tmp_path / iterate.SETTINGS).read_text())
+  assert recorded["student_models"] == ["efficientnet-b0", "efficientnet-b1"]
+  changed = dict(settings, teacher_config={"epochs": 20, "seed": 0},
+                 filter_args={"threshold": 0.5})
+  with pytest.raises(ValueError) as raised:
+    iterate.check_settings(str(tmp_path), changed)
+  message = str(raised.value)
+  assert str(tmp_path) in message
+  assert "teacher_config.epochs: 100 -> 20" in message
+  assert "filter_args.threshold: 0.3 -> 0.5" in message and "seed" not in message
+  with pytest.raises(ValueError, match="student_models"):
+    iterate.check_settings(str(tmp_path), dict(settings, student_models=["efficientnet-b2"]))
+  assert json.loads((tmp_path / iterate.SETTINGS).read_text()) == recorded  # left as it was
+
+  older = tmp_path / "older"
+  (older / "iter_0" / "train").mkdir(parents=True)
+  (older / "iter_0" / "train" / iterate.DONE).write_text("{}")
+  with caplog.at_level("WARNING"):
+    iterate.check_settings(str(older), settings)
+  assert "without checking" in caplog.text
+  assert json.loads((older / iterate.SETTINGS).read_text()) == settings
+
+
 @pytest.mark.parametrize("teacher_noise", [True, False])
 def test_iterate_teacher_noise_off_leaves_the_students_noised(monkeypatch, teacher_noise):
   """--noteacher_noise: the first teacher trains without RandAugment, Cutout, dropout or
