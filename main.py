@@ -353,19 +353,19 @@ def run_eval():
   dataset = pipeline.eval_dataset(FLAGS.eval_data, prep, batch_size=FLAGS.batch_size)
   metrics = evaluate.evaluate(model, dataset)
   output = FLAGS.output or FLAGS.workdir
+  # None for a glob, or a manifest without names for the model's classes.
+  class_names = manifest_lib.class_names_for(FLAGS.eval_data, model.output_shape[-1])
   if FLAGS.robustness or FLAGS.corrupted_data:
     from noisy_student import robustness  # pylint: disable=g-import-not-at-top
     # The pre-made set's labels follow the clean eval set's class names when it has them.
-    clean = manifest_lib.load_manifest(FLAGS.eval_data)  # None for a glob
     metrics["robustness"] = robustness.robustness_phase(
         model, FLAGS.eval_data, prep, output, FLAGS.robustness,
         baseline=FLAGS.robustness_baseline, epsilons=[float(e) for e in FLAGS.fgsm_epsilons],
         batch_size=FLAGS.batch_size, seed=FLAGS.seed, table=FLAGS.corruption_table,
         corrupted_data=FLAGS.corrupted_data,
-        class_names=(clean or {}).get("class_names") or None)
+        class_names=class_names)
   # Last, with the robustness results in it: a metrics.json can then serve as a baseline.
-  evaluate.save_metrics(metrics, output, class_names=manifest_lib.class_names_for(
-      FLAGS.eval_data, model.output_shape[-1]))
+  evaluate.save_metrics(metrics, output, class_names=class_names)
   _print({k: metrics[k] for k in ("top1", "top5", "loss", "num_examples")})
 
 
