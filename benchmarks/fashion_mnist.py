@@ -1,18 +1,19 @@
 """The Fashion-MNIST semi-supervised benchmark: does a noised student beat its teacher?
 
 Per seed: a fresh 1,000-label split (100 per class, chosen with the seed), then `main.py
---mode=iterate` with recipes/fashion_mnist_benchmark.flags (teacher -> student 1 -> student 2),
-plus two controls on the same budget: student 1 without noise (no RandAugment, Cutout, dropout
-or stochastic depth, same pseudo labels and steps), and a fully supervised model on all 60,000
-labels that starts as a student does and sees as many images (the ceiling). Pseudo-label
-accuracy is measured against the hidden labels of the unlabeled images (no phase reads them).
-For the seeds in --robustness_seeds, teacher, student 1 and its un-noised control are also
-evaluated for robustness (corruptions with the teacher as mCE baseline, perturbation flip rates,
-FGSM) on the first --robustness_images test images. Writes <workdir>/results.json after every seed and prints
-markdown tables.
+--mode=iterate` with --recipe (default recipes/fashion_mnist_benchmark.flags: teacher -> student
+1 -> student 2), plus two controls on the same budget: student 1 without noise (no RandAugment,
+Cutout, dropout or stochastic depth, same pseudo labels and steps), and a fully supervised model
+on all 60,000 labels that starts as a student does and sees as many images (the ceiling).
+Pseudo-label accuracy is measured against the hidden labels of the unlabeled images (no phase
+reads them). For the seeds in --robustness_seeds, teacher, student 1 and its un-noised control
+are also evaluated for robustness (corruptions with the teacher as mCE baseline, perturbation
+flip rates, FGSM) on the first --robustness_images test images. Writes <workdir>/results.json
+after every seed and prints markdown tables; a rerun skips what results.json already holds.
 
   python benchmarks/fashion_mnist.py                  # 3 seeds, about 1.5 hours on 2 CPU cores
   python benchmarks/fashion_mnist.py --seeds 0 --robustness_seeds   # one seed, no robustness
+  python benchmarks/fashion_mnist.py --recipe recipes/mine.flags     # another budget (README)
 """
 
 import argparse
@@ -29,7 +30,7 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
-RECIPE = "recipes/fashion_mnist_benchmark.flags"
+DEFAULT_RECIPE = "recipes/fashion_mnist_benchmark.flags"
 CLASS_NAMES = "--flagfile=recipes/fashion_mnist_classes.flags"
 # The same "no noise" as iterate --noteacher_noise.
 from main import NO_NOISE as _NO_NOISE  # noqa: E402  pylint: disable=wrong-import-position
@@ -37,10 +38,10 @@ NO_NOISE = [f"--{name}={value}" for name, value in _NO_NOISE.items()]
 ROWS = ("teacher", "student_1", "student_2", "student_1_no_noise", "supervised_60k")
 
 
-def main_py(*args):
-  """Runs main.py with the recipe plus `args`; returns its wall time in seconds."""
+def main_py(recipe, *args):
+  """Runs main.py with `recipe` (a flag file) plus `args`; returns its wall time in seconds."""
   start = time.perf_counter()
-  subprocess.run([sys.executable, "main.py", f"--flagfile={RECIPE}", *args], cwd=ROOT, check=True)
+  subprocess.run([sys.executable, "main.py", f"--flagfile={recipe}", *args], cwd=ROOT, check=True)
   return time.perf_counter() - start
 
 
@@ -58,13 +59,32 @@ def _write_json(value, *parts):
   records.write_text_atomically(_path(*parts), json.dumps(value, indent=1))
 
 
-def recipe_value(name):
-  """A flag's value in the recipe file (the benchmark derives the controls' budgets from it)."""
-  with open(_path(RECIPE)) as f:
+def recipe_value(recipe, name):
+  """A flag's value in a recipe file (the benchmark derives the controls' budgets from it).
+
+  Follows `--flagfile=` includes where they stand; as absl does, the last setting wins.
+  """
+  value = None
+  with open(_path(recipe)) as f:
     for line in f:
-      if line.startswith(f"--{name}="):
-        return line.strip().split("=", 1)[1]
-  raise KeyError(f"{RECIPE} sets no --{name}")
+      line = line.strip()
+      if line.startswith("--flagfile="):
+        try:
+          value = recipe_value(line.split("=", 1)[1], name)
+        except KeyError:
+          pass
+      elif line.startswith(f"--{name}="):
+        value = line.split("=", 1)[1]
+  if value is None:
+    raise KeyError(f"{recipe} sets no --{name}")
+  return value
+
+
+def lr_decay_epochs(recipe):
+  try:
+    return float(recipe_value(recipe, "lr_decay_epochs"))
+  except KeyError:
+    return 2.4  # main.py's default
 
 
 def _keys_and_labels(pattern):
@@ -98,36 +118,37 @@ def pseudo_label_accuracy(unlabeled_dir, predict_dir, filter_dir, num_classes=10
           "predicted": len(all_correct), "kept_unique": len(kept)}
 
 
-def run_seed(seed, work, ceiling):
+def run_seed(recipe, seed, work, ceiling):
   data = f"{work}/data_seed{seed}"
   wall = {}
   if not os.path.exists(_path(data, "labeled", "manifest.json")):
-    wall["convert"] = main_py("--mode=convert", "--source=idx", f"--input={FMNIST}",
+    wall["convert"] = main_py(recipe, "--mode=convert", "--source=idx", f"--input={FMNIST}",
                               "--split=train", f"--output={data}", "--labeled_per_class=100",
                               f"--seed={seed}", "--num_shards=8", CLASS_NAMES)
   paths = [f"--labeled_data={data}/labeled", f"--unlabeled_data={data}/unlabeled",
            f"--eval_data={work}/test", f"--seed={seed}"]
   runs = f"{work}/seed{seed}"
-  wall["iterate"] = main_py("--mode=iterate", f"--workdir={runs}/iterate", *paths)
+  wall["iterate"] = main_py(recipe, "--mode=iterate", f"--workdir={runs}/iterate", *paths)
   summary = _json(runs, "iterate", "summary.json")
-  student_epochs = float(recipe_value("student_epochs"))
+  student_epochs = float(recipe_value(recipe, "student_epochs"))
   # Control: the round-1 student on the same pseudo labels, steps and start, without any noise.
   init = ([f"--init_checkpoint={runs}/iterate/iter_0/train"]
-          if recipe_value("student_init") == "teacher" else [])
-  wall["no_noise"] = main_py("--mode=train", f"--workdir={runs}/student_no_noise",
+          if recipe_value(recipe, "student_init") == "teacher" else [])
+  wall["no_noise"] = main_py(recipe, "--mode=train", f"--workdir={runs}/student_no_noise",
                              f"--pseudo_labeled_data={runs}/iterate/iter_1/filter",
                              f"--epochs={student_epochs:g}", *init, *NO_NOISE, *paths)
   # Ceiling: all 60,000 labels, same model, noise and start as a student, as many images and the
   # same schedule in steps (warm-up and decay per step as in the student): what the student could
   # reach were every pseudo label right.
-  labeled_images = 1000 * (1 + int(recipe_value("unlabeled_batch_ratio"))) * student_epochs
+  labeled_images = 1000 * (1 + int(recipe_value(recipe, "unlabeled_batch_ratio"))) * student_epochs
   scale = 1000 / 60000  # one epoch of 1,000 images in epochs of 60,000
   if ceiling:
     wall["supervised_60k"] = main_py(
-        "--mode=train", f"--workdir={runs}/supervised_60k", *paths, f"--labeled_data={data}",
+        recipe, "--mode=train", f"--workdir={runs}/supervised_60k", *paths,
+        f"--labeled_data={data}",
         f"--epochs={labeled_images / 60000:g}",
-        f"--warmup_epochs={float(recipe_value('warmup_epochs')) * scale:g}",
-        f"--lr_decay_epochs={2.4 * scale:g}", *init)
+        f"--warmup_epochs={float(recipe_value(recipe, 'warmup_epochs')) * scale:g}",
+        f"--lr_decay_epochs={lr_decay_epochs(recipe) * scale:g}", *init)
   filter_stats = _json(runs, "iterate", "iter_1", "filter", "stats.json")
   return {
       "teacher": summary["rounds"][0]["top1"],
@@ -144,12 +165,12 @@ def run_seed(seed, work, ceiling):
   }
 
 
-def run_robustness(seed, work, num_images, done=None):
+def run_robustness(recipe, seed, work, num_images, done=None):
   """Teacher, student 1 and its un-noised control of `seed` under corruptions, perturbations and
   FGSM; roles already in `done` (an earlier run's entry) are kept, not rerun."""
   subset = f"{work}/test_{num_images}"
   if not os.path.exists(_path(subset, "manifest.json")):
-    main_py("--mode=convert", "--source=idx", f"--input={FMNIST}", "--split=t10k",
+    main_py(recipe, "--mode=convert", "--source=idx", f"--input={FMNIST}", "--split=t10k",
             f"--output={subset}", "--num_shards=1", f"--limit={num_images}", CLASS_NAMES)
   runs = f"{work}/seed{seed}"
   done = done or {"results": {}, "wall_seconds": {}, "images": num_images}
@@ -157,14 +178,15 @@ def run_robustness(seed, work, num_images, done=None):
     raise ValueError(f"robustness of seed {seed} was measured on {done['images']} images, not "
                      f"{num_images}: remove its entry from results.json to measure it again")
   results, wall = dict(done["results"]), dict(done["wall_seconds"])
-  for role, model_dir in (("teacher", "iterate/iter_0/train"), ("student_1", "iterate/iter_1/train"),
+  for role, model_dir in (("teacher", "iterate/iter_0/train"),
+                          ("student_1", "iterate/iter_1/train"),
                           ("student_1_no_noise", "student_no_noise")):
     if role in results:
       continue
     output = f"{runs}/robustness_{role}"
     baseline = ([f"--robustness_baseline={runs}/robustness_teacher/robustness.json"]
                 if role != "teacher" else [])
-    wall[role] = main_py("--mode=eval", f"--checkpoint={runs}/{model_dir}",
+    wall[role] = main_py(recipe, "--mode=eval", f"--checkpoint={runs}/{model_dir}",
                          f"--eval_data={subset}", f"--output={output}", f"--seed={seed}",
                          "--robustness=corruptions,perturbations,fgsm", *baseline)
     results[role] = _json(output, "robustness.json")
@@ -212,25 +234,36 @@ def main():
                       help="seeds that also train the 60,000-label ceiling (the longest run)")
   parser.add_argument("--robustness_seeds", type=int, nargs="*", default=[0])
   parser.add_argument("--robustness_images", type=int, default=2000)
-  parser.add_argument("--workdir", default="workdir/benchmark")
+  parser.add_argument("--recipe", default=DEFAULT_RECIPE,
+                      help="flag file of the runs, relative to the repository root; it may "
+                      "include the default one and change what it sets (e.g. --student_epochs)")
+  parser.add_argument("--workdir", help="default: the recipe's --workdir")
   args = parser.parse_args()
+  recipe = args.recipe
   if not os.path.exists(os.path.join(FMNIST, "train-images-idx3-ubyte.gz")):
     sys.exit(f"{FMNIST} is missing: apt-get install dataset-fashion-mnist")
-  os.makedirs(_path(args.workdir), exist_ok=True)
-  results_name = os.path.join(args.workdir, "results.json")
+  if not os.path.isfile(_path(recipe)):
+    sys.exit(f"--recipe={recipe}: no such file under {ROOT}")
+  workdir = args.workdir or recipe_value(recipe, "workdir")
+  os.makedirs(_path(workdir), exist_ok=True)
+  results_name = os.path.join(workdir, "results.json")
   results = _json(results_name) if os.path.exists(_path(results_name)) else {}
-  results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-  results["recipe"] = RECIPE
-  if not os.path.exists(_path(args.workdir, "test", "manifest.json")):
-    main_py("--mode=convert", "--source=idx", f"--input={FMNIST}", "--split=t10k",
-            f"--output={args.workdir}/test", "--num_shards=2", CLASS_NAMES)
+  if results.get("recipe", recipe) != recipe:
+    sys.exit(f"{results_name} holds results of {results['recipe']}, not --recipe={recipe}: give "
+             "another --workdir")
+  results["machine"] = (f"{platform.machine()}, {os.cpu_count()} CPUs, "
+                        f"Python {platform.python_version()}")
+  results["recipe"] = recipe
+  if not os.path.exists(_path(workdir, "test", "manifest.json")):
+    main_py(recipe, "--mode=convert", "--source=idx", f"--input={FMNIST}", "--split=t10k",
+            f"--output={workdir}/test", "--num_shards=2", CLASS_NAMES)
   for seed in args.seeds:
     if f"seed{seed}" not in results:  # a rerun skips finished seeds
-      results[f"seed{seed}"] = run_seed(seed, args.workdir, seed in args.ceiling_seeds)
+      results[f"seed{seed}"] = run_seed(recipe, seed, workdir, seed in args.ceiling_seeds)
       _write_json(results, results_name)
   for seed in args.robustness_seeds:
     key = f"robustness_seed{seed}"
-    robust = run_robustness(seed, args.workdir, args.robustness_images, results.get(key))
+    robust = run_robustness(recipe, seed, workdir, args.robustness_images, results.get(key))
     if robust != results.get(key):
       results[key] = robust
       _write_json(results, results_name)

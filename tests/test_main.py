@@ -204,6 +204,30 @@ def test_iterate_table_gives_each_rounds_top1_and_its_change_over_the_teacher():
   assert {len(row) for row in rows[1:]} == {len(header)}
 
 
+def test_benchmark_reads_a_recipe_as_main_py_parses_it(tmp_path, monkeypatch):
+  """benchmarks/fashion_mnist.py derives its controls' budgets from --recipe's flags: through
+  --flagfile includes, the last setting winning, as absl's parse of the same file gives them."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("fashion_mnist_benchmark",
+                                                ROOT / "benchmarks" / "fashion_mnist.py")
+  benchmark = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(benchmark)
+  monkeypatch.chdir(ROOT)  # includes are relative to the repository root, for both readers
+  recipe = tmp_path / "longer.flags"
+  recipe.write_text("--flagfile=recipes/fashion_mnist_demo.flags\n--student_epochs=180\n"
+                    "--workdir=workdir/benchmark_3x\n")
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["main.py", f"--flagfile={recipe}"])
+  for name in ("student_epochs", "workdir", "iterations", "unlabeled_batch_ratio",
+               "warmup_epochs", "student_init"):
+    parsed = flags.FLAGS[name].value
+    assert type(parsed)(benchmark.recipe_value(str(recipe), name)) == parsed, name
+  assert flags.FLAGS.student_epochs == 180 and flags.FLAGS.iterations == 1  # override, demo's
+  with pytest.raises(KeyError, match="--lr_decay_epochs"):
+    benchmark.recipe_value(str(recipe), "lr_decay_epochs")  # main.py's default: set nowhere
+  assert benchmark.lr_decay_epochs(str(recipe)) == flags.FLAGS.lr_decay_epochs
+
+
 def test_iterate_refuses_to_resume_a_workdir_under_other_settings(tmp_path, caplog):
   """A rerun may continue a run (same settings, or more rounds) but not reuse the finished
   phases of a run with other settings; a workdir from before the settings file only warns."""
