@@ -81,6 +81,7 @@ def recipe_value(recipe, name):
 
 
 def lr_decay_epochs(recipe):
+  """The recipe's --lr_decay_epochs, or main.py's default when it sets none."""
   try:
     return float(recipe_value(recipe, "lr_decay_epochs"))
   except KeyError:
