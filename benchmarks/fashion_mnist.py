@@ -141,7 +141,8 @@ def run_seed(recipe, seed, work, ceiling):
   # Ceiling: all 60,000 labels, same model, noise and start as a student, as many images and the
   # same schedule in steps (warm-up and decay per step as in the student): what the student could
   # reach were every pseudo label right.
-  labeled_images = 1000 * (1 + int(recipe_value(recipe, "unlabeled_batch_ratio"))) * student_epochs
+  ratio = float(recipe_value(recipe, "unlabeled_batch_ratio"))  # may be fractional
+  labeled_images = 1000 * (1 + ratio) * student_epochs
   scale = 1000 / 60000  # one epoch of 1,000 images in epochs of 60,000
   if ceiling:
     wall["supervised_60k"] = main_py(
