@@ -33,6 +33,7 @@ FMNIST = "/usr/share/datasets/fashion-mnist"
 DEFAULT_RECIPE = "recipes/fashion_mnist_benchmark.flags"
 CLASS_NAMES = "--flagfile=recipes/fashion_mnist_classes.flags"
 # The same "no noise" as iterate --noteacher_noise.
+from absl import flags  # noqa: E402  pylint: disable=wrong-import-position
 from main import NO_NOISE as _NO_NOISE  # noqa: E402  pylint: disable=wrong-import-position
 NO_NOISE = [f"--{name}={value}" for name, value in _NO_NOISE.items()]
 ROWS = ("teacher", "student_1", "student_2", "student_1_no_noise", "supervised_60k")
@@ -85,7 +86,7 @@ def lr_decay_epochs(recipe):
   try:
     return float(recipe_value(recipe, "lr_decay_epochs"))
   except KeyError:
-    return 2.4  # main.py's default
+    return flags.FLAGS["lr_decay_epochs"].default
 
 
 def _keys_and_labels(pattern):

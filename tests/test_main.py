@@ -226,6 +226,10 @@ def test_benchmark_reads_a_recipe_as_main_py_parses_it(tmp_path, monkeypatch):
   with pytest.raises(KeyError, match="--lr_decay_epochs"):
     benchmark.recipe_value(str(recipe), "lr_decay_epochs")  # main.py's default: set nowhere
   assert benchmark.lr_decay_epochs(str(recipe)) == flags.FLAGS.lr_decay_epochs
+  recipe.write_text(recipe.read_text() + "--lr_decay_epochs=3.5\n")  # now set: the recipe's
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["main.py", f"--flagfile={recipe}"])
+  assert benchmark.lr_decay_epochs(str(recipe)) == flags.FLAGS.lr_decay_epochs == 3.5
 
 
 def test_iterate_refuses_to_resume_a_workdir_under_other_settings(tmp_path, caplog):
