@@ -60,25 +60,46 @@ def _write_json(value, *parts):
   records.write_text_atomically(_path(*parts), json.dumps(value, indent=1))
 
 
-def recipe_value(recipe, name):
-  """A flag's value in a recipe file (the benchmark derives the controls' budgets from it).
-
-  Follows `--flagfile=` includes where they stand; as absl does, the last setting wins.
-  """
-  value = None
+def recipe_settings(recipe):
+  """A recipe file's settings in the order absl reads them, `--flagfile=` includes expanded where
+  they stand (paths relative to the repository root, where the benchmark runs main.py)."""
+  settings = []
   with open(_path(recipe)) as f:
     for line in f:
       line = line.strip()
       if line.startswith("--flagfile="):
-        try:
-          value = recipe_value(line.split("=", 1)[1], name)
-        except KeyError:
-          pass
-      elif line.startswith(f"--{name}="):
-        value = line.split("=", 1)[1]
-  if value is None:
+        settings += recipe_settings(line.split("=", 1)[1])
+      elif line.startswith("--"):
+        settings.append(line)
+  return settings
+
+
+def recipe_value(recipe, name):
+  """A flag's value in a recipe file (the benchmark derives the controls' budgets from it); as in
+  absl, the last setting wins."""
+  values = [s.split("=", 1)[1] for s in recipe_settings(recipe) if s.startswith(f"--{name}=")]
+  if not values:
     raise KeyError(f"{recipe} sets no --{name}")
-  return value
+  return values[-1]
+
+
+def load_results(results_name, recipe):
+  """The results.json of earlier runs in a workdir ({} when none), to be continued under `recipe`.
+
+  Exits when they ran under other settings (an edited recipe at the same path too): a rerun
+  skips finished seeds, so it would mix their results with the new recipe's.
+  """
+  settings = recipe_settings(recipe)
+  results = _json(results_name) if os.path.exists(_path(results_name)) else {}
+  if results and results.get("recipe_settings") != settings:
+    recorded = results.get("recipe_settings")
+    differing = ("it recorded none" if recorded is None else "differing: " + ", ".join(
+        sorted(set(recorded).symmetric_difference(settings)) or ["the order"]))
+    sys.exit(f"{results_name} holds results of {results.get('recipe')} under other settings than "
+             f"--recipe={recipe} gives ({differing}): give another --workdir")
+  results["recipe"] = recipe
+  results["recipe_settings"] = settings
+  return results
 
 
 def lr_decay_epochs(recipe):
@@ -250,13 +271,9 @@ def main():
   workdir = args.workdir or recipe_value(recipe, "workdir")
   os.makedirs(_path(workdir), exist_ok=True)
   results_name = os.path.join(workdir, "results.json")
-  results = _json(results_name) if os.path.exists(_path(results_name)) else {}
-  if results.get("recipe", recipe) != recipe:
-    sys.exit(f"{results_name} holds results of {results['recipe']}, not --recipe={recipe}: give "
-             "another --workdir")
+  results = load_results(results_name, recipe)
   results["machine"] = (f"{platform.machine()}, {os.cpu_count()} CPUs, "
                         f"Python {platform.python_version()}")
-  results["recipe"] = recipe
   if not os.path.exists(_path(workdir, "test", "manifest.json")):
     main_py(recipe, "--mode=convert", "--source=idx", f"--input={FMNIST}", "--split=t10k",
             f"--output={workdir}/test", "--num_shards=2", CLASS_NAMES)

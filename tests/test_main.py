@@ -204,14 +204,19 @@ def test_iterate_table_gives_each_rounds_top1_and_its_change_over_the_teacher():
   assert {len(row) for row in rows[1:]} == {len(header)}
 
 
-def test_benchmark_reads_a_recipe_as_main_py_parses_it(tmp_path, monkeypatch):
-  """benchmarks/fashion_mnist.py derives its controls' budgets from --recipe's flags: through
-  --flagfile includes, the last setting winning, as absl's parse of the same file gives them."""
+def _fashion_mnist_benchmark():
   import importlib.util  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location("fashion_mnist_benchmark",
                                                 ROOT / "benchmarks" / "fashion_mnist.py")
   benchmark = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(benchmark)
+  return benchmark
+
+
+def test_benchmark_reads_a_recipe_as_main_py_parses_it(tmp_path, monkeypatch):
+  """benchmarks/fashion_mnist.py derives its controls' budgets from --recipe's flags: through
+  --flagfile includes, the last setting winning, as absl's parse of the same file gives them."""
+  benchmark = _fashion_mnist_benchmark()
   monkeypatch.chdir(ROOT)  # includes are relative to the repository root, for both readers
   recipe = tmp_path / "longer.flags"
   recipe.write_text("--flagfile=recipes/fashion_mnist_demo.flags\n--student_epochs=180\n"
@@ -230,6 +235,29 @@ def test_benchmark_reads_a_recipe_as_main_py_parses_it(tmp_path, monkeypatch):
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["main.py", f"--flagfile={recipe}"])
   assert benchmark.lr_decay_epochs(str(recipe)) == flags.FLAGS.lr_decay_epochs == 3.5
+
+
+def test_benchmark_refuses_to_continue_results_of_other_settings(tmp_path):
+  """A rerun skips the seeds results.json holds, so it continues only results of the same
+  settings: an edited recipe at the same path is refused, naming what changed."""
+  benchmark = _fashion_mnist_benchmark()
+  recipe = tmp_path / "mine.flags"
+  recipe.write_text("# a comment\n--flagfile=recipes/fashion_mnist_demo.flags\n--student_epochs=90\n")
+  results_name = str(tmp_path / "results.json")
+  results = benchmark.load_results(results_name, str(recipe))
+  assert results["recipe_settings"][-1] == "--student_epochs=90"
+  assert "--iterations=1" in results["recipe_settings"]  # the demo's, through its include
+  results["seed0"] = {"top1": {"teacher": 0.8}}
+  (tmp_path / "results.json").write_text(json.dumps(results))
+  assert benchmark.load_results(results_name, str(recipe))["seed0"] == results["seed0"]
+  recipe.write_text(recipe.read_text().replace("=90", "=120"))
+  with pytest.raises(SystemExit, match=r"results.json .*differing: --student_epochs=120, "
+                     r"--student_epochs=90\): give another --workdir"):
+    benchmark.load_results(results_name, str(recipe))
+  del results["recipe_settings"]  # written before settings were recorded: cannot be checked
+  (tmp_path / "results.json").write_text(json.dumps(results))
+  with pytest.raises(SystemExit, match="it recorded none"):
+    benchmark.load_results(results_name, str(recipe))
 
 
 def test_iterate_refuses_to_resume_a_workdir_under_other_settings(tmp_path, caplog):
