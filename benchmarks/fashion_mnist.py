@@ -9,7 +9,8 @@ Pseudo-label accuracy is measured against the hidden labels of the unlabeled ima
 reads them). For the seeds in --robustness_seeds, teacher, student 1 and its un-noised control
 are also evaluated for robustness (corruptions with the teacher as mCE baseline, perturbation
 flip rates, FGSM) on the first --robustness_images test images. Writes <workdir>/results.json
-after every seed and prints markdown tables; a rerun skips what results.json already holds.
+after every seed and prints markdown tables; a rerun skips what results.json already holds, and
+refuses one written under other recipe settings.
 
   python benchmarks/fashion_mnist.py                  # 3 seeds, about 1.5 hours on 2 CPU cores
   python benchmarks/fashion_mnist.py --seeds 0 --robustness_seeds   # one seed, no robustness

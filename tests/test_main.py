@@ -250,8 +250,8 @@ def test_benchmark_refuses_to_continue_results_of_other_settings(tmp_path):
   results["seed0"] = {"top1": {"teacher": 0.8}}
   (tmp_path / "results.json").write_text(json.dumps(results))
   assert benchmark.load_results(results_name, str(recipe))["seed0"] == results["seed0"]
-  recipe.write_text(recipe.read_text().replace("=90", "=120"))
-  with pytest.raises(SystemExit, match=r"results.json .*differing: --student_epochs=120, "
+  recipe.write_text(recipe.read_text().replace("=90", "=150"))
+  with pytest.raises(SystemExit, match=r"results.json .*differing: --student_epochs=150, "
                      r"--student_epochs=90\): give another --workdir"):
     benchmark.load_results(results_name, str(recipe))
   del results["recipe_settings"]  # written before settings were recorded: cannot be checked
