@@ -242,7 +242,8 @@ def test_benchmark_refuses_to_continue_results_of_other_settings(tmp_path):
   settings: an edited recipe at the same path is refused, naming what changed."""
   benchmark = _fashion_mnist_benchmark()
   recipe = tmp_path / "mine.flags"
-  recipe.write_text("# a comment\n--flagfile=recipes/fashion_mnist_demo.flags\n--student_epochs=90\n")
+  recipe.write_text("# a comment\n--flagfile=recipes/fashion_mnist_demo.flags\n"
+                    "--student_epochs=90\n")
   results_name = str(tmp_path / "results.json")
   results = benchmark.load_results(results_name, str(recipe))
   assert results["recipe_settings"][-1] == "--student_epochs=90"
