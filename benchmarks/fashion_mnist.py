@@ -33,8 +33,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 FMNIST = "/usr/share/datasets/fashion-mnist"
 DEFAULT_RECIPE = "recipes/fashion_mnist_benchmark.flags"
 CLASS_NAMES = "--flagfile=recipes/fashion_mnist_classes.flags"
-# The same "no noise" as iterate --noteacher_noise.
 from absl import flags  # noqa: E402  pylint: disable=wrong-import-position
+# The same "no noise" as iterate --noteacher_noise.
 from main import NO_NOISE as _NO_NOISE  # noqa: E402  pylint: disable=wrong-import-position
 NO_NOISE = [f"--{name}={value}" for name, value in _NO_NOISE.items()]
 ROWS = ("teacher", "student_1", "student_2", "student_1_no_noise", "supervised_60k")
@@ -62,26 +62,27 @@ def _write_json(value, *parts):
 
 
 def recipe_settings(recipe):
-  """A recipe file's settings in the order absl reads them, `--flagfile=` includes expanded where
-  they stand (paths relative to the repository root, where the benchmark runs main.py)."""
-  settings = []
+  """{flag: value} of a recipe file as absl reads it: `--flagfile=` includes expanded where they
+  stand (paths relative to the repository root, where the benchmark runs main.py), the last
+  setting of a flag winning; a bare `--name` (absl's boolean form) has the value ""."""
+  settings = {}
   with open(_path(recipe)) as f:
     for line in f:
       line = line.strip()
       if line.startswith("--flagfile="):
-        settings += recipe_settings(line.split("=", 1)[1])
+        settings.update(recipe_settings(line.split("=", 1)[1]))
       elif line.startswith("--"):
-        settings.append(line)
+        name, _, value = line[2:].partition("=")
+        settings[name] = value
   return settings
 
 
 def recipe_value(recipe, name):
-  """A flag's value in a recipe file (the benchmark derives the controls' budgets from it); as in
-  absl, the last setting wins."""
-  values = [s.split("=", 1)[1] for s in recipe_settings(recipe) if s.startswith(f"--{name}=")]
-  if not values:
+  """A flag's value in a recipe file (the benchmark derives the controls' budgets from it)."""
+  settings = recipe_settings(recipe)
+  if name not in settings:
     raise KeyError(f"{recipe} sets no --{name}")
-  return values[-1]
+  return settings[name]
 
 
 def load_results(results_name, recipe):
@@ -92,10 +93,12 @@ def load_results(results_name, recipe):
   """
   settings = recipe_settings(recipe)
   results = _json(results_name) if os.path.exists(_path(results_name)) else {}
-  if results and results.get("recipe_settings") != settings:
-    recorded = results.get("recipe_settings")
-    differing = ("it recorded none" if recorded is None else "differing: " + ", ".join(
-        sorted(set(recorded).symmetric_difference(settings)) or ["the order"]))
+  recorded = results.get("recipe_settings")
+  if results and recorded != settings:
+    differing = ("it recorded none" if not isinstance(recorded, dict) else "; ".join(
+        f"{name}: {recorded.get(name)!r} -> {settings.get(name)!r}"
+        for name in sorted(set(recorded) | set(settings))
+        if recorded.get(name) != settings.get(name)))
     sys.exit(f"{results_name} holds results of {results.get('recipe')} under other settings than "
              f"--recipe={recipe} gives ({differing}): give another --workdir")
   results["recipe"] = recipe
