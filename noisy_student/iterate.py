@@ -4,12 +4,18 @@ Each phase writes under `<workdir>/iter_<k>/<phase>/` and marks itself done with
 written last; a rerun skips done phases and resumes the interrupted one (predict skips finished
 shards, train resumes from its last backup). `<workdir>/iterate_settings.json` records what the
 run was asked to do; a rerun with other settings is refused before any work (`check_settings`).
+
+Under MultiWorkerMirroredStrategy every worker runs `iterate` with the same flags and a workdir
+they all see (GCS, NFS): training runs on every worker (its steps are collective), predict splits
+the unlabeled shards between them, and filter and eval run on the chief alone. Only the chief
+marks phases done and writes the summary; the other workers wait for its marks.
 """
 
 import dataclasses
 import json
 import logging
 import os
+import time
 
 import tensorflow as tf
 
@@ -37,24 +43,66 @@ def _mark_done(directory, result):
                                 json.dumps(result, indent=1, default=str) + "\n")
 
 
-def _load_done(directory):
-  with tf.io.gfile.GFile(os.path.join(directory, DONE)) as f:
+def _load_json(path):
+  with tf.io.gfile.GFile(path) as f:
     return json.load(f)
 
 
-def _phase(directory, run):
-  """Runs `run()` unless `directory` is marked done; returns its (recorded) result."""
+def _load_done(directory):
+  return _load_json(os.path.join(directory, DONE))
+
+
+# How often a worker looks for the chief's marks, and how often it says it is still waiting.
+POLL_SECONDS = 2.0
+WAIT_LOG_SECONDS = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Worker:
+  """This process's place among `count` workers of one run; the chief (index 0) writes."""
+  count: int = 1
+  index: int = 0
+
+  @property
+  def chief(self):
+    return self.index == 0
+
+
+def wait_for(paths, worker, what):
+  """Blocks until every path exists, saying so every WAIT_LOG_SECONDS."""
+  start = last_log = time.monotonic()
+  while not all(tf.io.gfile.exists(path) for path in paths):
+    if time.monotonic() - last_log >= WAIT_LOG_SECONDS:
+      last_log = time.monotonic()
+      logging.info("iterate: worker %d still waits for %s after %.0f s (every worker must see "
+                   "the same --workdir)", worker.index, what, last_log - start)
+    time.sleep(POLL_SECONDS)
+
+
+def _phase(directory, run, worker=Worker(), everyone=False):
+  """Runs `run()` unless `directory` is marked done; returns its (recorded) result.
+
+  With several workers, `everyone` phases run on every worker and the others on the chief alone;
+  either way only the chief marks the phase done (after its outputs are final), and the other
+  workers return the result it recorded.
+  """
   if _done(directory):
     logging.info("iterate: %s done, skipped", directory)
     return _load_done(directory)
-  tf.io.gfile.makedirs(directory)
-  result = run()
-  _mark_done(directory, result)
-  return result
+  if worker.chief or everyone:
+    tf.io.gfile.makedirs(directory)
+    result = run()
+  if worker.chief:
+    _mark_done(directory, result)
+    return result
+  logging.info("iterate: worker %d waits for the chief to finish %s", worker.index, directory)
+  wait_for([os.path.join(directory, DONE)], worker, f"the chief to finish {directory}")
+  return _load_done(directory)
 
 
-def check_settings(workdir, settings):
-  """Refuses to resume `workdir` under other settings; records them for the next run.
+def check_settings(workdir, settings, write=True):
+  """Refuses to resume `workdir` under other settings; records them for the next run (when
+  `write`: the chief of several workers).
 
   Finished phases are reused by their DONE marks, so a changed recipe run into the same workdir
   would otherwise mix old results into the new table. Only `student_models` may differ: one list
@@ -69,8 +117,7 @@ def check_settings(workdir, settings):
   settings = json.loads(json.dumps(settings, default=str))
   path = os.path.join(workdir, SETTINGS)
   if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path) as f:
-      recorded = json.load(f)
+    recorded = _load_json(path)
     differing = _differences(recorded, settings)
     old_models, new_models = recorded.get("student_models", []), settings["student_models"]
     common = min(len(old_models), len(new_models))
@@ -85,6 +132,8 @@ def check_settings(workdir, settings):
   elif any(_done(os.path.join(workdir, "iter_0", phase)) for phase in ("train", "eval")):
     logging.warning("iterate: %s has finished phases but no %s (an older run): they are reused "
                     "without checking that they match these settings", workdir, SETTINGS)
+  if not write:
+    return
   tf.io.gfile.makedirs(workdir)
   records.write_text_atomically(path, json.dumps(settings, indent=1) + "\n")
 
@@ -135,7 +184,8 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
     labeled_data, unlabeled_data, eval_data: data arguments (directories or globs).
     filter_args: keyword arguments of `filter_phase.filter_and_balance_phase`.
     temperature: of the teacher's soft labels.
-    strategy: tf.distribute strategy for training.
+    strategy: tf.distribute strategy for training; under MultiWorkerMirroredStrategy, see the
+      module docstring.
     student_overrides: TrainConfig fields to change for students (e.g. epochs).
     student_init: "scratch" (the paper) or "teacher": start each student from its teacher's
       weights where layer shapes match, which reaches a given accuracy in fewer steps.
@@ -148,18 +198,20 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
   if sizes != sorted(sizes):
     raise ValueError(f"students must be equal or larger than their teachers: "
                      f"{[teacher_config.model] + list(student_models)}")
-  check_settings(workdir, {
+  worker = Worker(*train.worker_split(strategy or tf.distribute.get_strategy()))
+  settings = {
       "teacher_config": dataclasses.asdict(teacher_config), "student_models": list(student_models),
       "labeled_data": labeled_data, "unlabeled_data": unlabeled_data, "eval_data": eval_data,
       "filter_args": filter_args, "temperature": temperature,
-      "student_overrides": student_overrides or {}, "student_init": student_init})
+      "student_overrides": student_overrides or {}, "student_init": student_init}
+  check_settings(workdir, settings, write=worker.chief)
   rounds = []
   teacher_dir = os.path.join(workdir, "iter_0", "train")
   _phase(teacher_dir, lambda: train.train(teacher_config, labeled_data, teacher_dir,
-                                          strategy=strategy)["total_steps"])
+                                          strategy=strategy)["total_steps"], worker, everyone=True)
   metrics = _phase(os.path.join(workdir, "iter_0", "eval"),
                    lambda: _eval(teacher_dir, eval_data, os.path.join(workdir, "iter_0", "eval"),
-                                 labeled_data, teacher_config))
+                                 labeled_data, teacher_config), worker)
   rounds.append({"round": 0, "role": "teacher", "model": teacher_config.model,
                  "top1": metrics["top1"], "top5": metrics["top5"]})
   config = teacher_config
@@ -171,23 +223,35 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
     def run_predict(teacher_dir=teacher_dir, config=config, predict_dir=predict_dir):
       model = checkpoints.load_model(teacher_dir)
       prep = train.preprocess_config(config, labeled_data, train=False)
-      return predict.predict_phase(model, unlabeled_data, predict_dir, prep,
-                                   predict.PredictConfig(temperature=temperature))["images"]
+      predict_config = predict.PredictConfig(temperature=temperature, num_workers=worker.count,
+                                             worker_index=worker.index)
+      summary = predict.predict_phase(model, unlabeled_data, predict_dir, prep, predict_config)
+      if worker.count > 1 and worker.chief:
+        # A worker writes its summary after its shards: with every summary there, the chief
+        # combines them into the summary.json the filter reads.
+        paths = [os.path.join(predict_dir, predict.summary_name(dataclasses.replace(
+            predict_config, worker_index=index))) for index in range(worker.count)]
+        wait_for(paths, worker, f"the other workers' predictions in {predict_dir}")
+        summary = predict.combine_worker_summaries(predict_dir, worker.count)
+      return summary["images"]
 
-    _phase(predict_dir, run_predict)
+    _phase(predict_dir, run_predict, worker, everyone=True)
     stats = _phase(filter_dir, lambda: filter_phase.filter_and_balance_phase(
-        predict_dir, unlabeled_data, filter_dir, **filter_args))
+        predict_dir, unlabeled_data, filter_dir, **filter_args), worker)
     config = dataclasses.replace(teacher_config, model=student, **(student_overrides or {}))
     init = teacher_dir if student_init == "teacher" else None
     _phase(student_dir, lambda: train.train(config, labeled_data, student_dir,
                                             pseudo_labeled_data=filter_dir, init_checkpoint=init,
-                                            strategy=strategy)["total_steps"])
+                                            strategy=strategy)["total_steps"],
+           worker, everyone=True)
     metrics = _phase(eval_dir, lambda: _eval(student_dir, eval_data, eval_dir, labeled_data,
-                                             config))
+                                             config), worker)
     rounds.append({"round": k, "role": "student", "model": student, "top1": metrics["top1"],
                    "top5": metrics["top5"], "pseudo_labeled": stats["totals"]["with_copies"]})
     teacher_dir = student_dir
   summary = {"rounds": rounds, "table": summary_table(rounds)}
+  if not worker.chief:
+    return summary
   records.write_text_atomically(os.path.join(workdir, "summary.json"),
                                 json.dumps(summary, indent=1) + "\n")
   plots.accuracy_per_round(rounds, os.path.join(workdir, "accuracy_per_round.png"))

@@ -282,6 +282,28 @@ def save_summary(output_dir, entries, num_classes, config, predicted_now, rate, 
   return summary
 
 
+def combine_worker_summaries(output_dir, num_workers):
+  """Writes the summary.json of `num_workers` workers' shares (their summary-*-of-*.json, which
+  must all exist) with every shard in it, as one worker would have; returns it."""
+  shares = []
+  for index in range(num_workers):
+    path = os.path.join(output_dir, summary_name(PredictConfig(num_workers=num_workers,
+                                                               worker_index=index)))
+    with tf.io.gfile.GFile(path) as f:
+      shares.append(json.load(f))
+  summary = {key: shares[0][key] for key in ("num_classes", "temperature", "top_k")}
+  summary["num_workers"] = num_workers
+  summary["shards"] = sorted((e for share in shares for e in share["shards"]),
+                             key=lambda entry: entry["output"])
+  for key in ("images", "images_predicted_now", "undecodable"):
+    summary[key] = sum(share[key] for share in shares)
+  # The workers ran side by side: their rates add up.
+  summary["images_per_second"] = round(sum(share["images_per_second"] for share in shares), 2)
+  records.write_text_atomically(os.path.join(output_dir, summary_name(PredictConfig())),
+                                json.dumps(summary, indent=1) + "\n")
+  return summary
+
+
 def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config):
   """Writes one prediction shard per unlabeled shard of this worker, then a summary JSON.
 

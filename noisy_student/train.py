@@ -204,7 +204,9 @@ def input_split(cluster, task_type, task_id):
   return chiefs + workers, task_id if task_type == "chief" else chiefs + task_id
 
 
-def _worker_split(strategy):
+def worker_split(strategy):
+  """(training tasks, this task's index) of `strategy`'s cluster; index 0 is the chief, which
+  alone writes; (1, 0) outside MultiWorkerMirroredStrategy."""
   if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
     resolver = strategy.cluster_resolver
     return input_split(resolver.cluster_spec().as_dict(), resolver.task_type, resolver.task_id)
@@ -309,7 +311,7 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
     dict with the Keras history, the final eval metrics (if eval_data) and run facts.
   """
   strategy = strategy or tf.distribute.get_strategy()
-  num_workers, worker_index = _worker_split(strategy)
+  num_workers, worker_index = worker_split(strategy)
   # Keras' multi-worker advice: every worker runs the same code, saving included (it may need
   # collective ops), but only the chief writes into the workdir; the others write into a
   # temporary directory removed at the end.

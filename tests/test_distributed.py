@@ -1,6 +1,6 @@
 """Several devices and workers: predict split over workers, MirroredStrategy over two logical
-CPU devices, MultiWorkerMirroredStrategy with two local worker processes (only the chief writes
-the run's outputs). TPUStrategy runs the same code; README.md gives its command."""
+CPU devices, MultiWorkerMirroredStrategy with two local worker processes (train: only the chief
+writes the run's outputs; iterate: predict split, filter and eval on the chief). TPUStrategy runs the same code; README.md gives its command."""
 
 import json
 import os
@@ -123,22 +123,19 @@ def _free_ports(count):
   return ports
 
 
-# In the default run: Keras 3's fit needs workarounds under this strategy (train.py,
-# _fit_under_multi_worker) that a Keras upgrade may break.
-def test_multi_worker_strategy_with_two_local_workers_trains_and_only_the_chief_writes(
-    labeled, tmp_path):
-  workdir = tmp_path / "multi_worker"
-  cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+def _run_workers(tmp_path, args, count=2):
+  """Runs main.py `args` as `count` local workers of one MultiWorkerMirroredStrategy cluster,
+  each with its own TMPDIR; asserts that all succeed and returns their logs."""
+  cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(count)]}
   processes = []
-  for index in range(2):
-    # Each worker's own temporary directory, to see what the non-chief leaves behind.
+  for index in range(count):
     (tmp_path / f"tmp{index}").mkdir()
     env = dict(os.environ, TMPDIR=str(tmp_path / f"tmp{index}"), TF_CONFIG=json.dumps(
         {"cluster": cluster, "task": {"type": "worker", "index": index}}))
     log = open(tmp_path / f"worker{index}.log", "w")  # pylint: disable=consider-using-with
-    processes.append((subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), *_train_args(labeled, workdir, "multi_worker")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env), log))
+    processes.append((subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args],
+                                       stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env),
+                      log))
   try:
     for index, (process, log) in enumerate(processes):
       process.wait(timeout=RUN_TIMEOUT_S)
@@ -150,9 +147,58 @@ def test_multi_worker_strategy_with_two_local_workers_trains_and_only_the_chief_
         process.kill()
         process.wait()
       log.close()
+  return [(tmp_path / f"worker{index}.log").read_text() for index in range(count)]
+
+
+# In the default run: Keras 3's fit needs workarounds under this strategy (train.py,
+# _fit_under_multi_worker) that a Keras upgrade may break.
+def test_multi_worker_strategy_with_two_local_workers_trains_and_only_the_chief_writes(
+    labeled, tmp_path):
+  workdir = tmp_path / "multi_worker"
+  _run_workers(tmp_path, _train_args(labeled, workdir, "multi_worker"))
   _check_finished(workdir)
   # One writer, the chief: one TensorBoard event file; the other worker's outputs are gone.
   assert len(list((workdir / "tensorboard").rglob("events.out.tfevents.*"))) == 1
+  assert not os.listdir(tmp_path / "tmp1")
+
+
+# In the default run: the only check of iterate's division of work between workers.
+def test_iterate_under_multi_worker_splits_predict_and_leaves_the_rest_to_the_chief(
+    labeled, tmp_path):
+  data = tmp_path / "data"
+  data.mkdir()
+  unlabeled = _convert(data, "unlabeled", 40, 2, num_shards=4, unlabeled=True)
+  test = _convert(data, "test", 24, 3, num_shards=1)
+  workdir = tmp_path / "iterate"
+  logs = _run_workers(tmp_path, [
+      "--mode=iterate", "--strategy=multi_worker", f"--labeled_data={labeled}",
+      f"--unlabeled_data={unlabeled}", f"--eval_data={test}", f"--workdir={workdir}",
+      "--iterations=1", "--train_steps=6", "--batch_size=8", "--warmup_epochs=0",
+      "--confidence_threshold=0", "--images_per_class=20", *TINY_MODEL])
+  # Predict: each worker took every other unlabeled shard, together all 40 images, once.
+  predict_dir = workdir / "iter_1" / "predict"
+  shares = [json.loads((predict_dir / f"summary-{i:05d}-of-00002.json").read_text())
+            for i in range(2)]
+  names = [sorted(entry["output"] for entry in share["shards"]) for share in shares]
+  assert names == [[f"unlabeled-{i:05d}-of-00004.tfrecord" for i in (0, 2)],
+                   [f"unlabeled-{i:05d}-of-00004.tfrecord" for i in (1, 3)]]
+  assert all("predict: 20 images in 2 shards" in log for log in logs)
+  # The chief combined the shares into the summary.json the filter reads.
+  combined = json.loads((predict_dir / "summary.json").read_text())
+  assert combined["images"] == 40 and combined["num_workers"] == 2
+  assert [e["output"] for e in combined["shards"]] == sorted(sum(names, []))
+  assert json.loads((predict_dir / "DONE").read_text()) == 40
+  # Only the chief filtered; the other worker waited for its marks.
+  assert "filter pass" in logs[0] and "filter pass" not in logs[1]
+  assert "waits for the chief" not in logs[0] and "waits for the chief" in logs[1]
+  for phase in ("iter_0/train", "iter_0/eval", "iter_1/filter", "iter_1/train", "iter_1/eval"):
+    assert (workdir / phase / "DONE").exists(), phase
+  kept = json.loads((workdir / "iter_1" / "filter" / "DONE").read_text())["totals"]
+  assert kept["with_copies"] > 0
+  # Both print the chief's table; the other worker left nothing in its temporary directory.
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert [r["role"] for r in summary["rounds"]] == ["teacher", "student"]
+  assert all(summary["table"][-1] in log for log in logs)
   assert not os.listdir(tmp_path / "tmp1")
 
 
