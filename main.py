@@ -134,8 +134,8 @@ flags.DEFINE_bool("duplicate_to_balance", True, "filter: fill short classes to N
 
 # beam.
 flags.DEFINE_list("beam_options", [], "beam: Apache Beam pipeline options, comma-separated, e.g. "
-                  "--runner=DataflowRunner,--project=P,--region=R (default: the in-process "
-                  "FnApiRunner).")
+                  "--runner=DataflowRunner,--project=P,--region=R; an option whose value holds "
+                  "commas in double quotes (default: the in-process FnApiRunner).")
 
 # eval robustness.
 flags.DEFINE_list("robustness", [], f"eval: any of {', '.join(ROBUSTNESS)}.")

@@ -144,6 +144,17 @@ def test_invalid_flags_fail_at_parse_time(bad_flag):
     flags.FLAGS(["main.py", bad_flag])
 
 
+def test_a_beam_option_with_commas_passes_whole_in_double_quotes():
+  # As docs/scale.md tells Dataflow users (--experiments takes comma-separated values).
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["main.py", '--beam_options=--runner=DataflowRunner,'
+               '"--experiments=use_runner_v2,shuffle_mode=service",--project=p'])
+  assert flags.FLAGS.beam_options == ["--runner=DataflowRunner",
+                                      "--experiments=use_runner_v2,shuffle_mode=service",
+                                      "--project=p"]
+  flags.FLAGS.unparse_flags()
+
+
 def test_unknown_flag_in_a_flagfile_names_it(tmp_path):
   flagfile = tmp_path / "bad.flags"
   flagfile.write_text("--mode=eval\n--confidence_treshold=0.2\n")
