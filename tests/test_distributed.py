@@ -1,6 +1,7 @@
 """Several devices and workers: predict split over workers, MirroredStrategy over two logical
 CPU devices, MultiWorkerMirroredStrategy with two local worker processes (train: only the chief
-writes the run's outputs; iterate: predict split, filter and eval on the chief). TPUStrategy runs the same code; README.md gives its command."""
+writes the run's outputs; iterate: predict split, filter and eval on the chief). TPUStrategy runs
+the same code; README.md gives its command."""
 
 import json
 import os
