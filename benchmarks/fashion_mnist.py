@@ -12,7 +12,7 @@ flip rates, FGSM) on the first --robustness_images test images. Writes <workdir>
 after every seed and prints markdown tables; a rerun skips what results.json already holds, and
 refuses one written under other recipe settings.
 
-  python benchmarks/fashion_mnist.py                  # 3 seeds, about 1.5 hours on 2 CPU cores
+  python benchmarks/fashion_mnist.py                  # 3 seeds, about 1.7 hours on 2 CPU cores
   python benchmarks/fashion_mnist.py --seeds 0 --robustness_seeds   # one seed, no robustness
   python benchmarks/fashion_mnist.py --recipe recipes/mine.flags     # another budget (README)
 """
