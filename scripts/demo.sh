@@ -2,7 +2,7 @@
 # The demo on a fresh machine: installs what it needs, converts Fashion-MNIST (1,000 labeled
 # images, 59,000 unlabeled, 10,000 test), trains a teacher, predicts, filters, trains a noised
 # student, evaluates both and prints the table: round 1 of the Fashion-MNIST benchmark's seed 0
-# (recipes/fashion_mnist_demo.flags). About 11 minutes on 2 CPU cores.
+# (recipes/fashion_mnist_demo.flags). About 12 minutes on 2 CPU cores.
 # Extra arguments go to main.py (e.g. `bash scripts/demo.sh --seed=1`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
