@@ -74,8 +74,8 @@ def wait_for(paths, worker, what):
   while not all(tf.io.gfile.exists(path) for path in paths):
     if time.monotonic() - last_log >= WAIT_LOG_SECONDS:
       last_log = time.monotonic()
-      logging.info("iterate: worker %d still waits for %s after %.0f s (do they still run, "
-                   "and do all workers see the same --workdir?)", worker.index, what,
+      logging.info("iterate: worker %d still waits for %s after %.0f s (is every worker still "
+                   "running, and do all see the same --workdir?)", worker.index, what,
                    last_log - start)
     time.sleep(POLL_SECONDS)
 
