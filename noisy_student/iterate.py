@@ -230,9 +230,8 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
       if worker.count > 1 and worker.chief:
         # A worker writes its summary after its shards: with every summary there, the chief
         # combines them into the summary.json the filter reads.
-        paths = [os.path.join(predict_dir, predict.summary_name(dataclasses.replace(
-            predict_config, worker_index=index))) for index in range(worker.count)]
-        wait_for(paths, worker, f"the other workers' predictions in {predict_dir}")
+        wait_for(predict.worker_summary_paths(predict_dir, worker.count), worker,
+                 f"the other workers' predictions in {predict_dir}")
         summary = predict.combine_worker_summaries(predict_dir, worker.count)
       return summary["images"]
 

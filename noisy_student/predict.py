@@ -282,13 +282,18 @@ def save_summary(output_dir, entries, num_classes, config, predicted_now, rate, 
   return summary
 
 
+def worker_summary_paths(output_dir, num_workers):
+  """The summary JSON path of each of `num_workers` workers in `output_dir`."""
+  return [os.path.join(output_dir, summary_name(PredictConfig(num_workers=num_workers,
+                                                              worker_index=index)))
+          for index in range(num_workers)]
+
+
 def combine_worker_summaries(output_dir, num_workers):
-  """Writes the summary.json of `num_workers` workers' shares (their summary-*-of-*.json, which
+  """Writes the summary.json of `num_workers` workers' shares (`worker_summary_paths`, which
   must all exist) with every shard in it, as one worker would have; returns it."""
   shares = []
-  for index in range(num_workers):
-    path = os.path.join(output_dir, summary_name(PredictConfig(num_workers=num_workers,
-                                                               worker_index=index)))
+  for path in worker_summary_paths(output_dir, num_workers):
     with tf.io.gfile.GFile(path) as f:
       shares.append(json.load(f))
   summary = {key: shares[0][key] for key in ("num_classes", "temperature", "top_k")}
