@@ -98,7 +98,7 @@ flags.DEFINE_float("survival_prob", None, "Stochastic depth survival of the last
 flags.DEFINE_float("base_learning_rate", 0.016, "Learning rate per 256 labeled images.",
                    lower_bound=0)
 flags.DEFINE_float("final_learning_rate", None, "Decay to this rate per 256 images by the end "
-                   "instead of every --lr_decay_epochs.", lower_bound=0)
+                   "instead of every --lr_decay_epochs.")
 flags.DEFINE_float("warmup_epochs", 5.0, "Linear warm-up epochs.", lower_bound=0)
 flags.DEFINE_float("lr_decay_epochs", 2.4, "Epochs per exponential decay step.", lower_bound=0.01)
 flags.DEFINE_float("lr_decay_factor", 0.97, "Exponential decay factor.", lower_bound=0,
@@ -163,6 +163,20 @@ flags.DEFINE_enum("student_init", "scratch", ["scratch", "teacher"], "iterate: t
 flags.DEFINE_bool("teacher_noise", True, "iterate: train the first teacher with the noise flags "
                   "(off: no RandAugment, Cutout, dropout or stochastic depth for it; students stay "
                   "noised). Off suits small labeled sets, where noise makes the teacher underfit.")
+
+
+@flags.multi_flags_validator(["final_learning_rate", "base_learning_rate", "lr_decay_factor"])
+def _check_final_learning_rate(values):
+  # Checked here as well as in the schedule: iterate builds its students' schedules hours in.
+  if values["final_learning_rate"] is not None:
+    from noisy_student import schedules  # pylint: disable=g-import-not-at-top
+    try:
+      schedules.decay_epochs_for_final_learning_rate(
+          values["base_learning_rate"], values["final_learning_rate"], total_epochs=1,
+          warmup_epochs=0, decay_rate=values["lr_decay_factor"])
+    except ValueError as e:
+      raise flags.ValidationError(str(e)) from e
+  return True
 
 
 @flags.validator("robustness", message=f"--robustness takes {', '.join(ROBUSTNESS)}")

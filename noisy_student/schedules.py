@@ -35,6 +35,12 @@ def decay_epochs_for_final_learning_rate(base_learning_rate, final_base_learning
     warmup_epochs: subtracted from `total_epochs`.
     decay_rate: the staircase factor.
   """
+  if not 0 < final_base_learning_rate < base_learning_rate:
+    raise ValueError(f"--final_learning_rate must be above 0 and below --base_learning_rate="
+                     f"{base_learning_rate:g}, got {final_base_learning_rate:g}")
+  if not 0 < decay_rate < 1:
+    raise ValueError(f"--final_learning_rate needs --lr_decay_factor between 0 and 1, got "
+                     f"{decay_rate:g}")
   if total_epochs <= warmup_epochs:
     raise ValueError(f"--final_learning_rate needs a run longer than its warm-up: the run is "
                      f"{total_epochs:g} epochs and --warmup_epochs={warmup_epochs:g}")

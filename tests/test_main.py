@@ -144,6 +144,21 @@ def test_invalid_flags_fail_at_parse_time(bad_flag):
     flags.FLAGS(["main.py", bad_flag])
 
 
+@pytest.mark.parametrize("bad_flags, message", [
+    (["--final_learning_rate=0"], "above 0 and below --base_learning_rate=0.016, got 0"),
+    (["--final_learning_rate=0.016"], "below --base_learning_rate=0.016, got 0.016"),
+    (["--base_learning_rate=0.004", "--final_learning_rate=0.008"],
+     "below --base_learning_rate=0.004, got 0.008"),
+    (["--final_learning_rate=0.001", "--lr_decay_factor=1"], "--lr_decay_factor between 0 and 1"),
+])
+def test_a_final_learning_rate_the_schedule_cannot_reach_fails_at_parse_time(bad_flags, message):
+  # Before: 0 and the peak itself crashed in math.log / a division by zero, and a rate above the
+  # peak raised "decay_epochs must be positive", when the run (or iterate's student) started.
+  flags.FLAGS.unparse_flags()
+  with pytest.raises(flags.Error, match=re.escape(message)):
+    flags.FLAGS(["main.py", "--mode=iterate", *bad_flags])
+
+
 def test_a_beam_option_with_commas_passes_whole_in_double_quotes():
   # As docs/scale.md tells Dataflow users (--experiments takes comma-separated values).
   flags.FLAGS.unparse_flags()

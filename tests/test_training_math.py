@@ -7,6 +7,7 @@ code under test.
 
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -204,6 +205,19 @@ def test_final_learning_rate_matches_svhn_recipe():
 def test_final_learning_rate_inside_the_warm_up_is_an_error_naming_the_flags():
   with pytest.raises(ValueError, match=r"run is 3 epochs and --warmup_epochs=5"):
     schedules.decay_epochs_for_final_learning_rate(0.016, 0.0002, total_epochs=3)
+
+
+@pytest.mark.parametrize("final, decay_rate, message", [
+    (0.0, 0.97, "above 0 and below --base_learning_rate=0.016, got 0"),
+    (0.016, 0.97, "got 0.016"),
+    (0.032, 0.97, "got 0.032"),
+    (0.0002, 1.0, "--lr_decay_factor between 0 and 1, got 1"),
+])
+def test_a_final_learning_rate_out_of_reach_is_an_error_naming_the_flags(final, decay_rate,
+                                                                          message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    schedules.decay_epochs_for_final_learning_rate(0.016, final, total_epochs=100,
+                                                   decay_rate=decay_rate)
 
 
 # --- optimizer ---------------------------------------------------------------------------------
