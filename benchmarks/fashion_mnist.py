@@ -85,6 +85,26 @@ def recipe_value(recipe, name):
   return settings[name]
 
 
+def parsed_settings(settings):
+  """Recipe settings as main.py parses them, to compare runs: `--nocutout` and `--cutout=false`
+  alike, `160` and `160.0` alike, and a flag set to main.py's default as if left unset. A name
+  main.py does not define stays as written."""
+  parsed = {}
+  for name, value in settings.items():
+    if name not in flags.FLAGS and name.startswith("no") and value == "":
+      name, value = name[2:], "false"  # absl's negative boolean form
+    if name in flags.FLAGS:
+      flag = flags.FLAGS[name]
+      try:
+        value = flag.parser.parse("true" if value == "" and flag.boolean else value)
+      except ValueError:
+        pass  # main.py will refuse it, naming the flag; here it compares as written
+      if value == flag.default:
+        continue
+    parsed[name] = value
+  return parsed
+
+
 def load_results(results_name, recipe):
   """The results.json of earlier runs in a workdir ({} when none), to be continued under `recipe`.
 
@@ -94,11 +114,21 @@ def load_results(results_name, recipe):
   settings = recipe_settings(recipe)
   results = _json(results_name) if os.path.exists(_path(results_name)) else {}
   recorded = results.get("recipe_settings")
-  if results and recorded != settings:
-    differing = ("it recorded none" if not isinstance(recorded, dict) else "; ".join(
-        f"{name}: {recorded.get(name)!r} -> {settings.get(name)!r}"
-        for name in sorted(set(recorded) | set(settings))
-        if recorded.get(name) != settings.get(name)))
+  differing = ""
+  if results and not isinstance(recorded, dict):
+    differing = "it recorded none"
+  elif results:
+    before, now = parsed_settings(recorded), parsed_settings(settings)
+
+    def shown(parsed, name):
+      if name in parsed:
+        return repr(parsed[name])
+      return repr(flags.FLAGS[name].default) if name in flags.FLAGS else "unset"
+
+    differing = "; ".join(f"{name}: {shown(before, name)} -> {shown(now, name)}"
+                          for name in sorted(set(before) | set(now))
+                          if before.get(name) != now.get(name))
+  if differing:
     sys.exit(f"{results_name} holds results of {results.get('recipe')} under other settings than "
              f"--recipe={recipe} gives ({differing}): give another --workdir")
   results["recipe"] = recipe

@@ -280,8 +280,23 @@ def test_benchmark_refuses_to_continue_results_of_other_settings(tmp_path):
   recipe.write_text(recipe.read_text() + "--iterations=1\n")  # restates the demo's: same run
   assert benchmark.load_results(results_name, str(recipe))["seed0"] == results["seed0"]
   recipe.write_text(recipe.read_text().replace("=90", "=150"))
-  with pytest.raises(SystemExit, match=r"results.json .*\(student_epochs: '90' -> '150'\): "
+  with pytest.raises(SystemExit, match=r"results.json .*\(student_epochs: 90.0 -> 150.0\): "
                      "give another --workdir"):
+    benchmark.load_results(results_name, str(recipe))
+  # Written otherwise, the same run: main.py parses these as the recorded "--nocutout", "--flip"
+  # and "--confidence_threshold=0.3", and --lr_decay_factor=0.97 as its default, left unset.
+  settings = {**results["recipe_settings"], "student_epochs": "150"}
+  results["recipe_settings"] = settings
+  (tmp_path / "results.json").write_text(json.dumps(results))
+  assert {"nocutout": "", "flip": "", "confidence_threshold": "0.3"}.items() <= settings.items()
+  written = {name: value for name, value in settings.items()
+             if name not in ("nocutout", "flip", "confidence_threshold")}
+  written.update(cutout="false", flip="true", confidence_threshold="0.30", lr_decay_factor="0.97")
+  recipe.write_text("".join(f"--{name}={value}\n" if value else f"--{name}\n"
+                            for name, value in written.items()))
+  assert benchmark.load_results(results_name, str(recipe))["seed0"] == results["seed0"]
+  recipe.write_text(recipe.read_text().replace("--cutout=false", "--cutout"))
+  with pytest.raises(SystemExit, match=r"\(cutout: False -> True\)"):
     benchmark.load_results(results_name, str(recipe))
   del results["recipe_settings"]  # written before settings were recorded: cannot be checked
   (tmp_path / "results.json").write_text(json.dumps(results))
