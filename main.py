@@ -6,6 +6,7 @@ loads a recipe.
 """
 
 import dataclasses
+import glob
 import json
 import logging as std_logging
 import os
@@ -225,7 +226,8 @@ def train_config(**overrides):
       mixed_precision=FLAGS.mixed_precision, seed=FLAGS.seed)
   values.update(overrides)
   if values["epochs"] is None and values["train_steps"] is None:
-    raise app.UsageError(f"--mode={FLAGS.mode} needs --epochs or --train_steps")
+    raise app.UsageError("--epochs or --train_steps is needed (a recipe sets them: "
+                         "--flagfile=recipes/fashion_mnist_demo.flags is the demo's)")
   return train.TrainConfig(**values)
 
 
@@ -280,7 +282,7 @@ def _model_args():
 def _model_for(checkpoint, num_classes=None):
   from noisy_student import checkpoints  # pylint: disable=g-import-not-at-top
   if not checkpoint:
-    raise app.UsageError(f"--mode={FLAGS.mode} needs --checkpoint")
+    raise app.UsageError("--checkpoint is needed")
   return checkpoints.load_model(checkpoint, checkpoint_format=FLAGS.checkpoint_format,
                                 model_args=_model_args(), num_classes=num_classes)
 
@@ -407,20 +409,41 @@ def run_iterate():
   print("\n".join(summary["table"]))
 
 
+# Each mode's main input, for the check of the default data set.
+_MAIN_INPUT = {"train": "labeled_data", "finetune": "labeled_data", "iterate": "labeled_data",
+               "predict": "unlabeled_data", "filter": "unlabeled_data", "beam": "unlabeled_data",
+               "eval": "eval_data"}
+
+
+def check_default_data():
+  """Before any work: a mode whose main input is the default data set, not made yet, gets an
+  error saying how to make it (a fresh clone's `python main.py` failed on a missing manifest).
+  Anything else missing is reported by the phase, naming its flag."""
+  name = _MAIN_INPUT.get(FLAGS.mode)
+  value = FLAGS[name].value if name else None
+  default_data = os.path.normpath(DEFAULT_DATA) + os.sep
+  if value and (os.path.normpath(value) + os.sep).startswith(default_data) and not glob.glob(value):
+    raise ValueError(
+        f"--{name}={value} does not exist. It is part of the default data set, which "
+        f"`bash scripts/demo.sh` converts from Fashion-MNIST into {DEFAULT_DATA} (and then "
+        f"runs the demo); for other data, --mode=convert and --{name} (README, 'Modes').")
+
+
 _MODES = {"convert": run_convert, "train": run_train, "finetune": lambda: run_train(True),
           "predict": run_predict, "filter": run_filter, "eval": run_eval,
           "iterate": run_iterate, "beam": run_beam}
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
   try:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    check_default_data()
     _MODES[FLAGS.mode]()
-  except (ValueError, FileNotFoundError) as e:
-    # Bad input (a path, a flag value, a checkpoint that does not fit): one clear line, no
-    # traceback. NS_TRACEBACK=1 shows where it came from.
+  except (ValueError, FileNotFoundError, app.UsageError) as e:
+    # Bad input (a path, a flag value, a checkpoint that does not fit, a missing flag): one
+    # clear line, no traceback and no page of help. NS_TRACEBACK=1 shows where it came from.
     if os.environ.get("NS_TRACEBACK"):
       raise
     raise SystemExit(f"main.py --mode={FLAGS.mode}: error: {e}") from None

@@ -144,6 +144,32 @@ def test_invalid_flags_fail_at_parse_time(bad_flag):
     flags.FLAGS(["main.py", bad_flag])
 
 
+@pytest.mark.parametrize("args, named", [
+    (["--mode=iterate", "--epochs=1"], "--labeled_data=workdir/fashion_mnist/labeled"),
+    (["--mode=eval", "--checkpoint=runs/x"], "--eval_data=workdir/fashion_mnist/test"),
+    (["--mode=predict", "--checkpoint=runs/x", "--output=o",
+      "--unlabeled_data=./workdir/fashion_mnist/unlabeled/"],
+     "--unlabeled_data=./workdir/fashion_mnist/unlabeled/"),
+])
+def test_a_missing_default_data_set_is_reported_with_how_to_make_it(tmp_path, monkeypatch, args,
+                                                                      named):
+  monkeypatch.chdir(tmp_path)  # a fresh clone: nothing converted yet
+  with pytest.raises(SystemExit, match=re.escape(named) + r" does not exist\. It is part of the "
+                     r"default data set, which `bash scripts/demo\.sh` converts"):
+    run(*args)
+  # Other data, missing, is reported by the phase as before: not as the default data set.
+  with pytest.raises(SystemExit) as raised:
+    run("--mode=predict", "--checkpoint=runs/x", "--output=o", f"--unlabeled_data={tmp_path}/u")
+  assert "default data set" not in str(raised.value)
+
+
+def test_a_missing_flag_is_one_line_naming_it_not_a_page_of_help(capsys):
+  with pytest.raises(SystemExit, match=r"^main\.py --mode=train: error: --epochs or "
+                     r"--train_steps is needed \(a recipe sets them: --flagfile=recipes/"):
+    run("--mode=train", "--labeled_data=x", "--eval_data=")
+  assert "--base_learning_rate" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("bad_flags, message", [
     (["--final_learning_rate=0"], "above 0 and below --base_learning_rate=0.016, got 0"),
     (["--final_learning_rate=0.016"], "below --base_learning_rate=0.016, got 0.016"),
@@ -348,9 +374,9 @@ def test_iterate_teacher_noise_off_leaves_the_students_noised(monkeypatch, teach
   seen = {}
   monkeypatch.setattr(iterate, "iterate", lambda teacher, students, workdir, **kwargs: (
       seen.update(teacher=teacher, **kwargs), {"table": []})[1])
-  run("--mode=iterate", "--iterations=1", "--epochs=3", "--student_epochs=2",
-      "--randaugment_layers=2", "--randaugment_magnitude=9", "--cutout", "--dropout_rate=0.3",
-      "--survival_prob=0.7", "--strategy=cpu", f"--{'' if teacher_noise else 'no'}teacher_noise")
+  run("--mode=iterate", "--labeled_data=unused", "--iterations=1", "--epochs=3",
+      "--student_epochs=2", "--randaugment_layers=2", "--randaugment_magnitude=9", "--cutout",
+      "--dropout_rate=0.3", "--survival_prob=0.7", "--strategy=cpu", f"--{'' if teacher_noise else 'no'}teacher_noise")
   teacher = seen["teacher"]
   student = dataclasses.replace(teacher, **seen["student_overrides"])
   noised = dict(randaugment_layers=2, cutout=True, dropout_rate=0.3, survival_prob=0.7)
