@@ -91,7 +91,7 @@ def parsed_settings(settings):
   main.py does not define stays as written."""
   parsed = {}
   for name, value in settings.items():
-    if name not in flags.FLAGS and name.startswith("no") and value == "":
+    if name not in flags.FLAGS and name[2:] in flags.FLAGS and name.startswith("no") and not value:
       name, value = name[2:], "false"  # absl's negative boolean form
     if name in flags.FLAGS:
       flag = flags.FLAGS[name]

@@ -376,7 +376,8 @@ def test_iterate_teacher_noise_off_leaves_the_students_noised(monkeypatch, teach
       seen.update(teacher=teacher, **kwargs), {"table": []})[1])
   run("--mode=iterate", "--labeled_data=unused", "--iterations=1", "--epochs=3",
       "--student_epochs=2", "--randaugment_layers=2", "--randaugment_magnitude=9", "--cutout",
-      "--dropout_rate=0.3", "--survival_prob=0.7", "--strategy=cpu", f"--{'' if teacher_noise else 'no'}teacher_noise")
+      "--dropout_rate=0.3", "--survival_prob=0.7", "--strategy=cpu",
+      f"--{'' if teacher_noise else 'no'}teacher_noise")
   teacher = seen["teacher"]
   student = dataclasses.replace(teacher, **seen["student_overrides"])
   noised = dict(randaugment_layers=2, cutout=True, dropout_rate=0.3, survival_prob=0.7)
