@@ -168,13 +168,12 @@ flags.DEFINE_bool("teacher_noise", True, "iterate: train the first teacher with 
 
 @flags.multi_flags_validator(["final_learning_rate", "base_learning_rate", "lr_decay_factor"])
 def _check_final_learning_rate(values):
-  # Checked here as well as in the schedule: iterate builds its students' schedules hours in.
   if values["final_learning_rate"] is not None:
     from noisy_student import schedules  # pylint: disable=g-import-not-at-top
     try:
-      schedules.decay_epochs_for_final_learning_rate(
-          values["base_learning_rate"], values["final_learning_rate"], total_epochs=1,
-          warmup_epochs=0, decay_rate=values["lr_decay_factor"])
+      schedules.check_final_learning_rate(values["base_learning_rate"],
+                                          values["final_learning_rate"],
+                                          values["lr_decay_factor"])
     except ValueError as e:
       raise flags.ValidationError(str(e)) from e
   return True

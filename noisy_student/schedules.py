@@ -18,6 +18,17 @@ def scaled_learning_rate(base_learning_rate, labeled_batch_size):
   return base_learning_rate * labeled_batch_size / 256.0
 
 
+def check_final_learning_rate(base_learning_rate, final_base_learning_rate, decay_rate):
+  """Raises ValueError, naming the flags, unless decay by `decay_rate` steps can reach the final
+  rate from the peak (checked before a run: iterate builds its students' schedules hours in)."""
+  if not 0 < final_base_learning_rate < base_learning_rate:
+    raise ValueError(f"--final_learning_rate must be above 0 and below --base_learning_rate="
+                     f"{base_learning_rate:g}, got {final_base_learning_rate:g}")
+  if not 0 < decay_rate < 1:
+    raise ValueError(f"--final_learning_rate needs --lr_decay_factor between 0 and 1, got "
+                     f"{decay_rate:g}")
+
+
 def decay_epochs_for_final_learning_rate(base_learning_rate, final_base_learning_rate,
                                          total_epochs, *, warmup_epochs=5.0, decay_rate=0.97):
   """Decay period that brings the rate to `final_base_learning_rate` (`--final_base_lr`).
@@ -35,12 +46,7 @@ def decay_epochs_for_final_learning_rate(base_learning_rate, final_base_learning
     warmup_epochs: subtracted from `total_epochs`.
     decay_rate: the staircase factor.
   """
-  if not 0 < final_base_learning_rate < base_learning_rate:
-    raise ValueError(f"--final_learning_rate must be above 0 and below --base_learning_rate="
-                     f"{base_learning_rate:g}, got {final_base_learning_rate:g}")
-  if not 0 < decay_rate < 1:
-    raise ValueError(f"--final_learning_rate needs --lr_decay_factor between 0 and 1, got "
-                     f"{decay_rate:g}")
+  check_final_learning_rate(base_learning_rate, final_base_learning_rate, decay_rate)
   if total_epochs <= warmup_epochs:
     raise ValueError(f"--final_learning_rate needs a run longer than its warm-up: the run is "
                      f"{total_epochs:g} epochs and --warmup_epochs={warmup_epochs:g}")
