@@ -57,7 +57,10 @@ flags.DEFINE_integer("batch_size", 128, "Labeled images per training batch; imag
 flags.DEFINE_string("labeled_data", f"{DEFAULT_DATA}/labeled", "Labeled shards: a convert "
                     "output directory or a glob.")
 flags.DEFINE_string("unlabeled_data", f"{DEFAULT_DATA}/unlabeled", "Unlabeled shards.")
-flags.DEFINE_string("eval_data", f"{DEFAULT_DATA}/test", "Evaluation shards.")
+flags.DEFINE_string("eval_data", f"{DEFAULT_DATA}/test", "Evaluation shards (the test set).")
+flags.DEFINE_string("validation_data", None, "Held-out labeled shards evaluated beside "
+                    "--eval_data by train, eval and iterate (make them with "
+                    "--validation_per_class); choices are made on them, not on the test set.")
 flags.DEFINE_string("pseudo_labeled_data", None, "Filter output for a student (train mode).")
 flags.DEFINE_enum("normalization", "manifest", ["manifest", "imagenet", "svhn"],
                   "Mean/std: measured by the converter (manifest) or the reference's constants.")
@@ -76,6 +79,8 @@ flags.DEFINE_list("class_names", None, "convert: class names in label order, com
 flags.DEFINE_integer("labeled_per_class", None, "convert: afterwards split the converted data "
                      "into OUTPUT/labeled (N per class, seeded) and OUTPUT/unlabeled (the rest).",
                      lower_bound=1)
+flags.DEFINE_integer("validation_per_class", 0, "convert with --labeled_per_class: also hold out "
+                     "N per class (seeded) as OUTPUT/validation, in neither pool.", lower_bound=0)
 
 # train / finetune.
 flags.DEFINE_float("epochs", None, "Training length in epochs of the labeled data.",
@@ -110,6 +115,10 @@ flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing of labeled (and hard
                    lower_bound=0, upper_bound=1)
 flags.DEFINE_float("ema_decay", 0.9999, "Weight EMA decay (0 turns it off).", lower_bound=0,
                    upper_bound=0.999999)
+flags.DEFINE_integer("batch_norm_recalibration_images", 4096, "train: at the end, set the "
+                     "batch-norm moving statistics from this many labeled images (eval "
+                     "preprocessing) run through the final EMA weights; 0 keeps the moving "
+                     "averages.", lower_bound=0)
 flags.DEFINE_integer("freeze_blocks", 0, "finetune: freeze the stem and the first N blocks.",
                      lower_bound=0)
 
@@ -222,7 +231,8 @@ def train_config(**overrides):
       ema_decay=FLAGS.ema_decay or None, randaugment_layers=FLAGS.randaugment_layers,
       randaugment_magnitude=FLAGS.randaugment_magnitude, cutout=FLAGS.cutout, flip=FLAGS.flip,
       normalization=FLAGS.normalization, freeze_blocks=FLAGS.freeze_blocks,
-      mixed_precision=FLAGS.mixed_precision, seed=FLAGS.seed)
+      mixed_precision=FLAGS.mixed_precision,
+      batch_norm_recalibration_images=FLAGS.batch_norm_recalibration_images, seed=FLAGS.seed)
   values.update(overrides)
   if values["epochs"] is None and values["train_steps"] is None:
     raise app.UsageError("--epochs or --train_steps is needed (a recipe sets them: "
@@ -253,7 +263,7 @@ def run_convert():
     from data import subsets  # pylint: disable=g-import-not-at-top
     result["semi_supervised"] = subsets.split_labeled(
         FLAGS.output, FLAGS.output, per_class=FLAGS.labeled_per_class, seed=FLAGS.seed,
-        num_shards=FLAGS.num_shards)
+        num_shards=FLAGS.num_shards, validation_per_class=FLAGS.validation_per_class)
   _print(result)
 
 
@@ -266,6 +276,7 @@ def run_train(finetune=False):
   pseudo = None if finetune else FLAGS.pseudo_labeled_data
   result = train.train(config, FLAGS.labeled_data, FLAGS.workdir,
                        pseudo_labeled_data=pseudo, eval_data=FLAGS.eval_data,
+                       validation_data=FLAGS.validation_data,
                        init_checkpoint=FLAGS.init_checkpoint,
                        init_checkpoint_format=FLAGS.checkpoint_format, strategy=_strategy())
   _print({"workdir": FLAGS.workdir, "eval": result.get("eval", {}).get("top1")})
@@ -361,27 +372,33 @@ def _manifest_classes(data):
 
 def run_eval():
   from data import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
-  from data import pipeline  # pylint: disable=g-import-not-at-top
   from noisy_student import evaluate  # pylint: disable=g-import-not-at-top
   model = _model_for(FLAGS.checkpoint, _manifest_classes(FLAGS.eval_data))
   prep = _preprocess_for(FLAGS.checkpoint)
-  dataset = pipeline.eval_dataset(FLAGS.eval_data, prep, batch_size=FLAGS.batch_size)
-  metrics = evaluate.evaluate(model, dataset)
   output = FLAGS.output or FLAGS.workdir
   # None for a glob, or a manifest without names for the model's classes.
   class_names = manifest_lib.class_names_for(FLAGS.eval_data, model.output_shape[-1])
-  if FLAGS.robustness or FLAGS.corrupted_data:
+
+  def robustness_results(unused_metrics):
+    if not (FLAGS.robustness or FLAGS.corrupted_data):
+      return {}
     from noisy_student import robustness  # pylint: disable=g-import-not-at-top
     # The pre-made set's labels follow the clean eval set's class names when it has them.
-    metrics["robustness"] = robustness.robustness_phase(
+    return {"robustness": robustness.robustness_phase(
         model, FLAGS.eval_data, prep, output, FLAGS.robustness,
         baseline=FLAGS.robustness_baseline, epsilons=[float(e) for e in FLAGS.fgsm_epsilons],
         batch_size=FLAGS.batch_size, seed=FLAGS.seed, table=FLAGS.corruption_table,
-        corrupted_data=FLAGS.corrupted_data,
-        class_names=class_names)
-  # Last, with the robustness results in it: a metrics.json can then serve as a baseline.
-  evaluate.save_metrics(metrics, output, class_names=class_names)
-  _print({k: metrics[k] for k in ("top1", "top5", "loss", "num_examples")})
+        corrupted_data=FLAGS.corrupted_data, class_names=class_names)}
+
+  # Robustness goes into metrics.json too, so that a metrics.json can serve as a baseline.
+  metrics = evaluate.eval_phase(model, prep, output, eval_data=FLAGS.eval_data,
+                                validation_data=FLAGS.validation_data,
+                                batch_size=FLAGS.batch_size, class_names=class_names,
+                                extra=robustness_results)
+  shown = {k: metrics[k] for k in ("top1", "top5", "loss", "num_examples")}
+  if "validation" in metrics:
+    shown["validation_top1"] = metrics["validation"]["top1"]
+  _print(shown)
 
 
 def run_iterate():
@@ -400,7 +417,7 @@ def run_iterate():
   summary = iterate.iterate(
       teacher, students, FLAGS.workdir, labeled_data=FLAGS.labeled_data,
       unlabeled_data=FLAGS.unlabeled_data, eval_data=FLAGS.eval_data,
-      filter_args=dict(threshold=FLAGS.confidence_threshold,
+      validation_data=FLAGS.validation_data, filter_args=dict(threshold=FLAGS.confidence_threshold,
                        images_per_class=FLAGS.images_per_class if FLAGS.balance else None,
                        duplicate=FLAGS.duplicate_to_balance, seed=FLAGS.seed),
       temperature=FLAGS.temperature, strategy=_strategy(),

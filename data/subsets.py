@@ -1,4 +1,5 @@
-"""A semi-supervised split of converted data: N labeled images per class, the rest unlabeled.
+"""A semi-supervised split of converted data: N labeled images per class, optionally V per class
+held out for validation, the rest unlabeled.
 
 For benchmarks and demos that take a fully labeled set (Fashion-MNIST, SVHN) and hide most labels.
 The "unlabeled" shards keep their true labels so that pseudo-label accuracy can be reported; no
@@ -23,8 +24,9 @@ def _labels(shards):
   return np.fromiter((int(v) for v in rows.as_numpy_iterator()), np.int64)
 
 
-def choose_labeled(labels, per_class, seed):
-  """Indices of `per_class` examples of each class, drawn without replacement with `seed`.
+def choose_labeled(labels, per_class, seed, exclude=()):
+  """Indices of `per_class` examples of each class, drawn without replacement with `seed`,
+  never one of the indices in `exclude`.
 
   Raises:
     ValueError: when a class has fewer than `per_class` examples or a record has no label.
@@ -33,11 +35,13 @@ def choose_labeled(labels, per_class, seed):
     raise ValueError(f"{int((labels < 0).sum())} records have no label; cannot split by class")
   rng = np.random.default_rng(seed)
   chosen = []
+  excluded = np.zeros(len(labels), bool)
+  excluded[np.asarray(exclude, np.int64)] = True
   for c in np.unique(labels):
-    members = np.flatnonzero(labels == c)
+    members = np.flatnonzero((labels == c) & ~excluded)
     if len(members) < per_class:
-      raise ValueError(f"class {c} has {len(members)} examples, fewer than --labeled_per_class="
-                       f"{per_class}")
+      raise ValueError(f"class {c} has {len(members)} examples left, fewer than {per_class} "
+                       "(--labeled_per_class, --validation_per_class)")
     chosen.append(rng.choice(members, per_class, replace=False))
   return np.sort(np.concatenate(chosen))
 
@@ -67,18 +71,25 @@ def _write(shards, keep, output_dir, split, num_shards, source_manifest, labels)
   return manifest
 
 
-def split_labeled(data, output_dir, *, per_class, seed=0, num_shards=4):
-  """Writes `<output_dir>/labeled` (per_class per class) and `<output_dir>/unlabeled` (the rest).
+def split_labeled(data, output_dir, *, per_class, seed=0, num_shards=4, validation_per_class=0):
+  """Writes `<output_dir>/labeled` (per_class per class), `<output_dir>/validation`
+  (validation_per_class per class, when > 0) and `<output_dir>/unlabeled` (the rest).
+
+  The labeled images are the same with or without a validation split (drawn first, with `seed`);
+  the validation images are then drawn from the others (with `seed` + 1), so that they are in
+  neither the labeled nor the unlabeled pool: choices made on them never see a trained-on image.
 
   Args:
     data: a converted, labeled split (directory with manifest.json or glob).
-    output_dir: parent of the two new directories.
+    output_dir: parent of the new directories.
     per_class: labeled examples kept per class.
-    seed: picks which examples are labeled.
+    seed: picks which examples are labeled and which validate.
     num_shards: shards of each output.
+    validation_per_class: examples per class held out, labels kept, for validation.
 
   Returns:
-    {"labeled": count, "unlabeled": count}. Both keep the source's mean/std and class names.
+    {"labeled": count, "unlabeled": count[, "validation": count]}. All keep the source's mean/std
+    and class names.
   """
   shards = pipeline.resolve_shards(data)
   source = manifest_lib.load_manifest(data) if tf.io.gfile.isdir(data) else None
@@ -86,7 +97,10 @@ def split_labeled(data, output_dir, *, per_class, seed=0, num_shards=4):
     raise ValueError(f"{data!r} has no manifest with classes; convert it with labels first")
   labels = _labels(shards)
   labeled = choose_labeled(labels, per_class, seed)
-  unlabeled = np.setdiff1d(np.arange(len(labels)), labeled)
-  for name, keep in (("labeled", labeled), ("unlabeled", unlabeled)):
+  parts = {"labeled": labeled}
+  if validation_per_class:
+    parts["validation"] = choose_labeled(labels, validation_per_class, seed + 1, exclude=labeled)
+  parts["unlabeled"] = np.setdiff1d(np.arange(len(labels)), np.concatenate(list(parts.values())))
+  for name, keep in parts.items():
     _write(shards, keep, os.path.join(output_dir, name), name, num_shards, source, labels)
-  return {"labeled": int(len(labeled)), "unlabeled": int(len(unlabeled))}
+  return {name: int(len(keep)) for name, keep in parts.items()}

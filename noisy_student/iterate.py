@@ -153,28 +153,56 @@ def _differences(recorded, settings, prefix=""):
   return found
 
 
-def _eval(checkpoint, eval_data, directory, labeled_data, config):
+def _eval(checkpoint, eval_data, validation_data, directory, labeled_data, config):
   model = checkpoints.load_model(checkpoint)
   prep = train.preprocess_config(config, labeled_data, train=False)
-  metrics = evaluate.evaluate(model, pipeline.eval_dataset(eval_data, prep, batch_size=256))
-  evaluate.save_metrics(metrics, directory, class_names=manifest_lib.class_names_for(
-      eval_data, model.output_shape[-1]))
-  return metrics
+  return evaluate.eval_phase(
+      model, prep, directory, eval_data=eval_data, validation_data=validation_data,
+      class_names=manifest_lib.class_names_for(eval_data, model.output_shape[-1]))
+
+
+# A teacher whose top-1 is less than this share of the way from chance to 100% is not used.
+MIN_SKILL = 0.05
+
+
+def check_teacher(metrics, num_classes, teacher_dir):
+  """Refuses to pseudo-label with a teacher at chance: its labels would train the student on
+  noise (seen: a collapsed teacher labelled everything as 3 of 10 classes). Judged on the
+  validation split when there is one, else on the eval data."""
+  scored = metrics.get("validation", metrics)
+  chance = 1.0 / num_classes
+  floor = chance + MIN_SKILL * (1.0 - chance)
+  if not scored["top1"] >= floor:
+    raise ValueError(
+        f"the teacher {teacher_dir} is at chance: top-1 {scored['top1']:.4f} on "
+        f"{scored['num_examples']} {'validation' if 'validation' in metrics else 'eval'} images, "
+        f"below {floor:.4f} ({num_classes} classes). Its pseudo labels would be noise; see its "
+        "history.json (inference_check, the loss) before training a student on them.")
+
+
+def _round_row(k, role, model, metrics, **extra):
+  row = {"round": k, "role": role, "model": model, "top1": metrics["top1"], "top5": metrics["top5"]}
+  if "validation" in metrics:
+    row["validation_top1"] = metrics["validation"]["top1"]
+  return dict(row, **extra)
 
 
 def summary_table(rounds):
   """Lines of a plain-text table: one row per round, test top-1 in percent and its change over
-  the first teacher in points."""
-  lines = [f"{'round':<6} {'role':<8} {'model':<16} {'top-1 %':>7} {'vs teacher':>10}"]
+  the first teacher in points, and validation top-1 when the rounds were scored on one."""
+  validation = all("validation_top1" in r for r in rounds)
+  lines = [f"{'round':<6} {'role':<8} {'model':<16} {'top-1 %':>7} {'vs teacher':>10}"
+           + (f" {'val top-1 %':>11}" if validation else "")]
   for r in rounds:
     change = f"{100 * (r['top1'] - rounds[0]['top1']):+.2f}" if r["round"] else ""
+    val = f" {100 * r['validation_top1']:>11.2f}" if validation else ""
     lines.append(f"{r['round']:<6} {r['role']:<8} {r['model']:<16} {100 * r['top1']:>7.2f} "
-                 f"{change:>10}".rstrip())
+                 f"{change:>10}{val}".rstrip())
   return lines
 
 
 def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_data, eval_data,
-            filter_args, temperature=1.0, strategy=None, student_overrides=None,
+            filter_args, validation_data=None, temperature=1.0, strategy=None, student_overrides=None,
             student_init="scratch"):
   """Runs K = len(student_models) Noisy Student rounds.
 
@@ -183,6 +211,8 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
     student_models: variant per round, each equal or larger than the one before.
     workdir: root of `iter_<k>/<phase>/`.
     labeled_data, unlabeled_data, eval_data: data arguments (directories or globs).
+    validation_data: a held-out labeled split evaluated beside eval_data in every round (choices
+      are made on it, and the teacher check uses it), optional.
     filter_args: keyword arguments of `filter_phase.filter_and_balance_phase`.
     temperature: of the teacher's soft labels.
     strategy: tf.distribute strategy for training; under MultiWorkerMirroredStrategy, see the
@@ -203,7 +233,7 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
   settings = {
       "teacher_config": dataclasses.asdict(teacher_config), "student_models": list(student_models),
       "labeled_data": labeled_data, "unlabeled_data": unlabeled_data, "eval_data": eval_data,
-      "filter_args": filter_args, "temperature": temperature,
+      "validation_data": validation_data, "filter_args": filter_args, "temperature": temperature,
       "student_overrides": student_overrides or {}, "student_init": student_init}
   check_settings(workdir, settings, write=worker.chief)
   rounds = []
@@ -211,10 +241,10 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
   _phase(teacher_dir, lambda: train.train(teacher_config, labeled_data, teacher_dir,
                                           strategy=strategy)["total_steps"], worker, everyone=True)
   metrics = _phase(os.path.join(workdir, "iter_0", "eval"),
-                   lambda: _eval(teacher_dir, eval_data, os.path.join(workdir, "iter_0", "eval"),
-                                 labeled_data, teacher_config), worker)
-  rounds.append({"round": 0, "role": "teacher", "model": teacher_config.model,
-                 "top1": metrics["top1"], "top5": metrics["top5"]})
+                   lambda: _eval(teacher_dir, eval_data, validation_data,
+                                 os.path.join(workdir, "iter_0", "eval"), labeled_data,
+                                 teacher_config), worker)
+  rounds.append(_round_row(0, "teacher", teacher_config.model, metrics))
   config = teacher_config
   for k, student in enumerate(student_models, start=1):
     root = os.path.join(workdir, f"iter_{k}")
@@ -235,6 +265,7 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
         summary = predict.combine_worker_summaries(predict_dir, worker.count)
       return summary["images"]
 
+    check_teacher(metrics, checkpoints.load_run_config(teacher_dir)["num_classes"], teacher_dir)
     _phase(predict_dir, run_predict, worker, everyone=True)
     stats = _phase(filter_dir, lambda: filter_phase.filter_and_balance_phase(
         predict_dir, unlabeled_data, filter_dir, **filter_args), worker)
@@ -244,10 +275,10 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
                                             pseudo_labeled_data=filter_dir, init_checkpoint=init,
                                             strategy=strategy)["total_steps"],
            worker, everyone=True)
-    metrics = _phase(eval_dir, lambda: _eval(student_dir, eval_data, eval_dir, labeled_data,
-                                             config), worker)
-    rounds.append({"round": k, "role": "student", "model": student, "top1": metrics["top1"],
-                   "top5": metrics["top5"], "pseudo_labeled": stats["totals"]["with_copies"]})
+    metrics = _phase(eval_dir, lambda: _eval(student_dir, eval_data, validation_data, eval_dir,
+                                             labeled_data, config), worker)
+    rounds.append(_round_row(k, "student", student, metrics,
+                             pseudo_labeled=stats["totals"]["with_copies"]))
     teacher_dir = student_dir
   summary = {"rounds": rounds, "table": summary_table(rounds)}
   if not worker.chief:

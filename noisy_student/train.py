@@ -29,6 +29,7 @@ from data import manifest as manifest_lib
 from data import pipeline
 from data import preprocess
 from data import records
+from noisy_student import batch_norm
 from noisy_student import checkpoints
 from noisy_student import ema
 from noisy_student import evaluate
@@ -74,6 +75,7 @@ class TrainConfig:
   normalization: str = "manifest"
   freeze_blocks: int = 0
   mixed_precision: str = "none"
+  batch_norm_recalibration_images: int = 4096
   seed: int = 0
 
   def __post_init__(self):
@@ -83,6 +85,9 @@ class TrainConfig:
       raise ValueError(f"--normalization must be one of {NORMALIZATIONS}")
     if self.batch_size < 1:
       raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+    if self.batch_norm_recalibration_images < 0:
+      raise ValueError("--batch_norm_recalibration_images must be >= 0, got "
+                       f"{self.batch_norm_recalibration_images}")
     efficientnet.get_variant(self.model)
 
 
@@ -279,6 +284,34 @@ class Backup(keras.callbacks.Callback):
       tf.io.gfile.rmtree(self.write_dir)
 
 
+class NonFiniteLossError(ValueError):
+  """Training diverged: the loss became NaN or infinite (a ValueError, so main.py reports it as
+  one line, as it does bad input)."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+  """Ends the run with `NonFiniteLossError` when a Keras epoch's mean loss is not finite.
+
+  Placed before `Backup` in the callback list, so the diverged epoch is never saved: the backup
+  keeps the last good epoch. Checked per Keras epoch, not per step: a NaN step makes the epoch's
+  mean NaN, and a per-step check would sync the host on every step.
+  """
+
+  def __init__(self, backup_dir):
+    super().__init__()
+    self.backup_dir = backup_dir
+
+  def on_epoch_end(self, epoch, logs=None):
+    loss = (logs or {}).get("loss")
+    if loss is not None and not math.isfinite(float(loss)):
+      step = int(self.model.optimizer.iterations.numpy())
+      raise NonFiniteLossError(
+          f"training diverged: the loss of Keras epoch {epoch + 1} is {float(loss)} (by step "
+          f"{step}). Nothing was saved from that epoch; {self.backup_dir} holds the last good "
+          "one, which a rerun of the same command resumes from. Lower --base_learning_rate (or "
+          "lengthen --warmup_epochs) and remove the backup to start over.")
+
+
 class _RunFacts(keras.callbacks.Callback):
   """Adds wall time and the learning rate to each Keras epoch's logs (history and TensorBoard)."""
 
@@ -291,8 +324,44 @@ class _RunFacts(keras.callbacks.Callback):
       logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
+# A saved model this far (top-1 points) below its batch-statistics accuracy on the same training
+# images is reported as broken.
+INFERENCE_GAP_WARNING = 0.10
+
+
+def check_inference_mode(model, config, labeled_data):
+  """Makes the saved model right in inference mode, and checks it.
+
+  With `config.batch_norm_recalibration_images` > 0, the batch-norm moving statistics are
+  recalibrated on that many labeled images (eval preprocessing) with the final weights (see
+  batch_norm.py). Then top-1 on those images in inference mode is compared with top-1 under batch
+  statistics (what training saw, without noise); a gap over INFERENCE_GAP_WARNING is logged as an
+  error with both numbers. Returns the numbers (history.json's "inference_check").
+  """
+  images = config.batch_norm_recalibration_images or 1024
+  batch = min(config.batch_size, images)
+  prep = preprocess_config(config, labeled_data, train=False)
+  sample = pipeline.eval_dataset(labeled_data, prep, batch_size=batch)
+  batches = max(1, images // batch)
+  before = [keras.ops.convert_to_numpy(v) for v in ema.batch_norm_statistics(model)]
+  found = batch_norm.recalibrate(model, sample, batches)
+  if not config.batch_norm_recalibration_images:  # measured only: put the statistics back
+    for variable, value in zip(ema.batch_norm_statistics(model), before):
+      variable.assign(value)
+  found["recalibrated"] = bool(config.batch_norm_recalibration_images)
+  found["inference_top1"] = batch_norm.inference_top1(model, sample, batches)
+  gap = found["batch_statistics_top1"] - found["inference_top1"]
+  if gap > INFERENCE_GAP_WARNING:
+    logging.error(
+        "the saved model is broken in inference mode: top-1 %.4f on %d training images against "
+        "%.4f with batch statistics%s", found["inference_top1"], found["images"],
+        found["batch_statistics_top1"],
+        "" if found["recalibrated"] else " (--batch_norm_recalibration_images=0: turn it on)")
+  return found
+
+
 def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=None,
-          init_checkpoint=None, init_checkpoint_format="keras", strategy=None, verbose=None):
+          validation_data=None, init_checkpoint=None, init_checkpoint_format="keras", strategy=None, verbose=None):
   """Trains a teacher (no pseudo_labeled_data), a student, or a fine-tuned model.
 
   Args:
@@ -301,6 +370,7 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
     workdir: this run's directory (see module docstring).
     pseudo_labeled_data: filter output (directory or glob), for a student.
     eval_data: evaluated with the EMA weights at the end (metrics.json), optional.
+    validation_data: evaluated beside eval_data (metrics.json's "validation"), optional.
     init_checkpoint: warm start from a train workdir / .keras file (or a reference checkpoint).
     init_checkpoint_format: "keras" or "reference".
     strategy: a tf.distribute strategy (default: the current one).
@@ -326,14 +396,8 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
   num_labeled = count_examples(labeled_data)
   if num_labeled == 0:
     raise ValueError(f"--labeled_data {labeled_data!r} holds no records")
-  if eval_data:
-    # Checked now rather than after training, where a wrong --eval_data would end the run.
-    pipeline.resolve_shards(eval_data)
-    eval_manifest = manifest_lib.load_manifest(eval_data) if tf.io.gfile.isdir(eval_data) else None
-    eval_classes = (eval_manifest or {}).get("num_classes")
-    if eval_classes and eval_classes != num_classes:
-      raise ValueError(f"--eval_data {eval_data!r} has {eval_classes} classes but the labeled "
-                       f"data has {num_classes}")
+  # Checked now rather than after training, where a wrong --eval_data would end the run.
+  evaluate.check_eval_sets(num_classes, eval_data=eval_data, validation_data=validation_data)
   steps_per_epoch = num_labeled / config.batch_size
   total_steps = config.train_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
   chunk, total_steps = keras_epochs(total_steps, steps_per_epoch)
@@ -404,6 +468,7 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
                f", resumed at Keras epoch {initial_epoch}" if initial_epoch else "")
   callbacks = [
       _RunFacts(),
+      StopOnNonFiniteLoss(backup.path),
       backup,
       keras.callbacks.TensorBoard(os.path.join(outputs, "tensorboard"), update_freq="epoch"),
   ]
@@ -417,13 +482,12 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
             "optimizer_iterations": int(model.optimizer.iterations.numpy()), **run_facts}
   averaged = ema.swap_to_ema(model) if config.ema_decay is not None else contextlib.nullcontext()
   with averaged:
+    result["inference_check"] = check_inference_mode(model, config, labeled_data)
     if eval_data:
       eval_prep = preprocess_config(config, labeled_data, train=False)
-      metrics_ = evaluate.evaluate(model, pipeline.eval_dataset(eval_data, eval_prep,
-                                                                batch_size=256))
-      evaluate.save_metrics(metrics_, outputs,
-                            class_names=manifest_lib.class_names_for(eval_data, num_classes))
-      result["eval"] = metrics_
+      result["eval"] = evaluate.eval_phase(
+          model, eval_prep, outputs, eval_data=eval_data, validation_data=validation_data,
+          class_names=manifest_lib.class_names_for(eval_data, num_classes))
     records.write_text_atomically(os.path.join(outputs, "history.json"),
                                   json.dumps(result, indent=1) + "\n")
     plots.training_curves(result["history"], os.path.join(outputs, "training_curves.png"))

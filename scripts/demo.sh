@@ -19,9 +19,9 @@ fi
 python3 -m pip install -q -r requirements.txt
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 DATA=workdir/fashion_mnist
-if [ ! -e "$DATA/labeled/manifest.json" ]; then
+if [ ! -e "$DATA/validation/manifest.json" ]; then
   python3 main.py --mode=convert --source=idx --input="$FMNIST" --split=train \
-    --output="$DATA" --labeled_per_class=100 --num_shards=8 \
+    --output="$DATA" --labeled_per_class=100 --validation_per_class=500 --num_shards=8 \
     --flagfile=recipes/fashion_mnist_classes.flags
 fi
 if [ ! -e "$DATA/test/manifest.json" ]; then
