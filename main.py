@@ -126,7 +126,9 @@ flags.DEFINE_integer("freeze_blocks", 0, "finetune: freeze the stem and the firs
 flags.DEFINE_string("checkpoint", None, "predict/eval: a train workdir or .keras file, or a "
                     "tensorflow/tpu checkpoint with --checkpoint_format=reference.")
 flags.DEFINE_enum("checkpoint_format", "keras", ["keras", "reference"], "--checkpoint kind.")
-flags.DEFINE_float("temperature", 1.0, "predict: soft labels are softmax(logits / T).",
+flags.DEFINE_float("temperature", 1.0, "train (student): soft targets p^(1/T) / sum, i.e. "
+                   "softmax(logits / T), from predict's probabilities (stored at T=1, which the "
+                   "filter's threshold sees), as the reference does.",
                    lower_bound=1e-3)
 flags.DEFINE_integer("top_k", None, "predict: store only the k largest probabilities (float16).",
                      lower_bound=1)
@@ -223,6 +225,7 @@ def train_config(**overrides):
       dropout_rate=FLAGS.dropout_rate, survival_prob=FLAGS.survival_prob,
       num_classes=FLAGS.num_classes, batch_size=FLAGS.batch_size,
       unlabeled_batch_ratio=FLAGS.unlabeled_batch_ratio, pseudo_labels=FLAGS.pseudo_labels,
+      temperature=FLAGS.temperature,
       epochs=FLAGS.epochs, train_steps=FLAGS.train_steps,
       base_learning_rate=FLAGS.base_learning_rate,
       final_learning_rate=FLAGS.final_learning_rate, warmup_epochs=FLAGS.warmup_epochs,
@@ -320,7 +323,7 @@ def run_predict():
   from noisy_student import predict  # pylint: disable=g-import-not-at-top
   if not FLAGS.output:
     raise app.UsageError("predict needs --output")
-  config = predict.PredictConfig(temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+  config = predict.PredictConfig(top_k=FLAGS.top_k,
                                  batch_size=FLAGS.batch_size, num_workers=FLAGS.num_workers,
                                  worker_index=FLAGS.worker_index)
   model = _model_for(FLAGS.checkpoint, FLAGS.num_classes)
@@ -351,7 +354,7 @@ def run_beam():
     raise app.UsageError("beam needs --checkpoint and --output")
   result = beam_pipeline.run_beam(
       FLAGS.checkpoint, FLAGS.unlabeled_data, FLAGS.output, _preprocess_for(FLAGS.checkpoint),
-      predict.PredictConfig(temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+      predict.PredictConfig(top_k=FLAGS.top_k,
                             batch_size=FLAGS.batch_size),
       threshold=FLAGS.confidence_threshold,
       images_per_class=FLAGS.images_per_class if FLAGS.balance else None,
@@ -420,7 +423,7 @@ def run_iterate():
       validation_data=FLAGS.validation_data, filter_args=dict(threshold=FLAGS.confidence_threshold,
                        images_per_class=FLAGS.images_per_class if FLAGS.balance else None,
                        duplicate=FLAGS.duplicate_to_balance, seed=FLAGS.seed),
-      temperature=FLAGS.temperature, strategy=_strategy(),
+      strategy=_strategy(),
       student_overrides=student_overrides, student_init=FLAGS.student_init)
   print("\n".join(summary["table"]))
 

@@ -123,8 +123,8 @@ def labeled_dataset(data, config, *, batch_size=None, num_classes=None, seed=0, 
                        batch_size=batch_size)
 
 
-def pseudo_labeled_dataset(data, config, *, num_classes, pseudo_labels="soft", batch_size=None,
-                           seed=1, num_workers=1, worker_index=0, shuffle_buffer=SHUFFLE_BUFFER,
+def pseudo_labeled_dataset(data, config, *, num_classes, pseudo_labels="soft", temperature=1.0,
+                           batch_size=None, seed=1, num_workers=1, worker_index=0, shuffle_buffer=SHUFFLE_BUFFER,
                            repeat=True, split=None):
   """Augmented stream over filter output (pseudo-labeled training shards).
 
@@ -134,6 +134,8 @@ def pseudo_labeled_dataset(data, config, *, num_classes, pseudo_labels="soft", b
   Args:
     pseudo_labels: "soft" -> target is the (renormalised) distribution; "hard" -> one-hot of
       `image/class/label`.
+    temperature: soft targets are p^(1/T) / sum(p^(1/T)) of the stored (T=1) distribution p,
+      the reference's offline form of softmax(logits / T).
     Other arguments as in `labeled_dataset`; give the two streams different seeds so their
     augmentations are independent.
 
@@ -142,11 +144,13 @@ def pseudo_labeled_dataset(data, config, *, num_classes, pseudo_labels="soft", b
   """
   if pseudo_labels not in PSEUDO_LABELS:
     raise ValueError(f"pseudo_labels must be one of {PSEUDO_LABELS}, got {pseudo_labels!r}")
+  if not temperature > 0:
+    raise ValueError(f"--temperature must be > 0, got {temperature}")
 
   def parse(serialized, element_seed):
     example = _parse(serialized, soft=pseudo_labels == "soft")
     if pseudo_labels == "soft":
-      target = _soft_target(example, num_classes)
+      target = _soft_target(example, num_classes, temperature)
     else:
       target = _one_hot(example["label"], num_classes)
     return preprocess.train_transform(example["encoded"], element_seed, config), target
@@ -316,7 +320,7 @@ def _one_hot(label, num_classes):
     return tf.one_hot(label, num_classes, dtype=tf.float32)
 
 
-def _soft_target(example, num_classes):
+def _soft_target(example, num_classes, temperature=1.0):
   probabilities = example[records.PROBABILITIES]
 
   def from_top_k():
@@ -325,7 +329,11 @@ def _soft_target(example, num_classes):
     return dense / tf.reduce_sum(dense)
 
   full = tf.equal(tf.size(probabilities), num_classes)
-  return tf.cond(full, lambda: tf.reshape(probabilities, [num_classes]), from_top_k)
+  target = tf.cond(full, lambda: tf.reshape(probabilities, [num_classes]), from_top_k)
+  if temperature == 1.0:
+    return target
+  tempered = tf.pow(target, 1.0 / temperature)  # 0 stays 0
+  return tempered / tf.reduce_sum(tempered)
 
 
 def _unbatched(dataset):

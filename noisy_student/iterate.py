@@ -202,7 +202,7 @@ def summary_table(rounds):
 
 
 def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_data, eval_data,
-            filter_args, validation_data=None, temperature=1.0, strategy=None, student_overrides=None,
+            filter_args, validation_data=None, strategy=None, student_overrides=None,
             student_init="scratch"):
   """Runs K = len(student_models) Noisy Student rounds.
 
@@ -214,7 +214,6 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
     validation_data: a held-out labeled split evaluated beside eval_data in every round (choices
       are made on it, and the teacher check uses it), optional.
     filter_args: keyword arguments of `filter_phase.filter_and_balance_phase`.
-    temperature: of the teacher's soft labels.
     strategy: tf.distribute strategy for training; under MultiWorkerMirroredStrategy, see the
       module docstring.
     student_overrides: TrainConfig fields to change for students (e.g. epochs).
@@ -233,7 +232,7 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
   settings = {
       "teacher_config": dataclasses.asdict(teacher_config), "student_models": list(student_models),
       "labeled_data": labeled_data, "unlabeled_data": unlabeled_data, "eval_data": eval_data,
-      "validation_data": validation_data, "filter_args": filter_args, "temperature": temperature,
+      "validation_data": validation_data, "filter_args": filter_args,
       "student_overrides": student_overrides or {}, "student_init": student_init}
   check_settings(workdir, settings, write=worker.chief)
   rounds = []
@@ -254,7 +253,7 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
     def run_predict(teacher_dir=teacher_dir, config=config, predict_dir=predict_dir):
       model = checkpoints.load_model(teacher_dir)
       prep = train.preprocess_config(config, labeled_data, train=False)
-      predict_config = predict.PredictConfig(temperature=temperature, num_workers=worker.count,
+      predict_config = predict.PredictConfig(num_workers=worker.count,
                                              worker_index=worker.index)
       summary = predict.predict_phase(model, unlabeled_data, predict_dir, prep, predict_config)
       if worker.count > 1 and worker.chief:

@@ -1,5 +1,9 @@
 """The predict phase: the teacher, unnoised, over unlabeled shards -> prediction shards.
 
+Probabilities are stored at temperature 1, as the reference stores them: the filter's confidence
+threshold sees the teacher's own confidence, and a student's --temperature is applied when it
+trains (data.pipeline.pseudo_labeled_dataset), so one prediction serves students at any T.
+
 One prediction shard per unlabeled shard, with the same file name, written atomically; a shard
 whose output exists is finished and skipped on rerun, so a killed run resumes where it stopped.
 Shards are split across machines with num_workers/worker_index (every num_workers-th shard).
@@ -24,29 +28,25 @@ from data import records
 @dataclasses.dataclass(frozen=True)
 class PredictConfig:
   """Attributes:
-    temperature: soft labels are softmax(logits / temperature).
     top_k: None stores all C probabilities; k stores the k largest (float16), for 1000+ classes.
     batch_size: images per inference batch.
     num_workers, worker_index: this process handles shards worker_index, worker_index + n, ...
   """
-  temperature: float = 1.0
   top_k: int | None = None
   batch_size: int = 256
   num_workers: int = 1
   worker_index: int = 0
 
   def __post_init__(self):
-    if not self.temperature > 0:
-      raise ValueError(f"--temperature must be > 0, got {self.temperature}")
     if self.top_k is not None and self.top_k < 1:
       raise ValueError(f"--top_k must be >= 1, got {self.top_k}")
     if not 0 <= self.worker_index < self.num_workers:
       raise ValueError(f"--worker_index={self.worker_index} is not in [0, {self.num_workers})")
 
 
-def soft_labels(logits, temperature):
-  """softmax(logits / T) in float64 before the final cast, so rows sum to 1 within float32."""
-  scaled = np.asarray(logits, np.float64) / temperature
+def soft_labels(logits):
+  """softmax(logits) in float64 before the final cast, so rows sum to 1 within float32."""
+  scaled = np.asarray(logits, np.float64)
   scaled -= scaled.max(axis=1, keepdims=True)
   probabilities = np.exp(scaled)
   return (probabilities / probabilities.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -122,10 +122,10 @@ def inference_function(model):
   return tf.function(lambda images: model(images, training=False), reduce_retracing=True)
 
 
-def _predicted_rows(infer, dataset, temperature, progress):
+def _predicted_rows(infer, dataset, progress):
   """(shard index, key, soft label) of every image of `dataset`, in its order."""
   for indices, keys, images in dataset:
-    probabilities = soft_labels(infer(images).numpy(), temperature)
+    probabilities = soft_labels(infer(images).numpy())
     progress.add(len(probabilities))
     yield from zip(indices.numpy(), keys.numpy(), probabilities)
 
@@ -152,7 +152,7 @@ def _predict_shards(infer, num_classes, shards, output_dir, preprocess_config, c
   """Writes the prediction shard of each of `shards` (same file name) from one input stream;
   returns their summary entries."""
   dataset = pipeline.predict_dataset(shards, preprocess_config, batch_size=config.batch_size)
-  by_shard = itertools.groupby(_predicted_rows(infer, dataset, config.temperature, progress),
+  by_shard = itertools.groupby(_predicted_rows(infer, dataset, progress),
                                key=lambda row: row[0])
   group = next(by_shard, None)
   entries = []
@@ -212,15 +212,14 @@ RUN_IDENTITY = "predict_run.json"
 def run_identity(model, preprocess_config, config):
   """What prediction shards depend on besides their input shard: the teacher's weights (a cheap
   fingerprint: per variable its path, shape, float64 sum and first values), the preprocessing,
-  the temperature and top-k. JSON-ready."""
+  and top-k. JSON-ready."""
   digest = hashlib.sha256()
   for weight in model.weights:
     values = np.asarray(weight)
     digest.update(f"{weight.path}{values.shape}{values.sum(dtype=np.float64)!r}".encode())
     digest.update(values.reshape(-1)[:16].tobytes())
   identity = {"teacher": digest.hexdigest()[:20], "num_classes": int(model.output.shape[-1]),
-              "temperature": config.temperature, "top_k": config.top_k,
-              "preprocess": dataclasses.asdict(preprocess_config)}
+              "top_k": config.top_k, "preprocess": dataclasses.asdict(preprocess_config)}
   return json.loads(json.dumps(identity))  # as it reads back from the file
 
 
@@ -270,7 +269,7 @@ def predict_shard(infer, num_classes, shard, output_dir, preprocess_config, conf
 def save_summary(output_dir, entries, num_classes, config, predicted_now, rate, **extra):
   """Writes this worker's summary JSON (the filter reads its shard list and counts)."""
   summary = {
-      "num_classes": num_classes, "temperature": config.temperature, "top_k": config.top_k,
+      "num_classes": num_classes, "top_k": config.top_k,
       "num_workers": config.num_workers, "worker_index": config.worker_index,
       "shards": entries, "images": sum(e["count"] for e in entries),
       "images_predicted_now": predicted_now,
@@ -296,7 +295,7 @@ def combine_worker_summaries(output_dir, num_workers):
   for path in worker_summary_paths(output_dir, num_workers):
     with tf.io.gfile.GFile(path) as f:
       shares.append(json.load(f))
-  summary = {key: shares[0][key] for key in ("num_classes", "temperature", "top_k")}
+  summary = {key: shares[0][key] for key in ("num_classes", "top_k")}
   summary["num_workers"] = num_workers
   summary["shards"] = sorted((e for share in shares for e in share["shards"]),
                              key=lambda entry: entry["output"])

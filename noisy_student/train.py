@@ -58,6 +58,7 @@ class TrainConfig:
   batch_size: int = 128
   unlabeled_batch_ratio: float = 1.0
   pseudo_labels: str = "soft"
+  temperature: float = 1.0
   epochs: float | None = None
   train_steps: int | None = None
   base_learning_rate: float = 0.016
@@ -411,6 +412,7 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
     ratio = config.unlabeled_batch_ratio
     pseudo = pipeline.pseudo_labeled_dataset(
         pseudo_labeled_data, prep, num_classes=num_classes, pseudo_labels=config.pseudo_labels,
+        temperature=config.temperature,
         seed=config.seed + 1, num_workers=num_workers, worker_index=worker_index)
   dataset = pipeline.student_dataset(labeled, pseudo, config.batch_size, ratio)
   dataset = interleave_replicas(dataset, config.batch_size, strategy.num_replicas_in_sync)

@@ -18,14 +18,17 @@ GROUPS = (
      "width_coefficient "
      "depth_coefficient num_classes seed strategy tpu mixed_precision batch_size normalization"),
     ("Data (train, finetune, predict, filter, eval, iterate)",
-     "labeled_data unlabeled_data eval_data pseudo_labeled_data"),
-    ("convert", "source input output split num_shards unlabeled limit class_names labeled_per_class"),
+     "labeled_data unlabeled_data eval_data validation_data pseudo_labeled_data"),
+    ("convert", "source input output split num_shards unlabeled limit class_names labeled_per_class "
+     "validation_per_class"),
     ("train and finetune (also iterate)",
-     "epochs train_steps unlabeled_batch_ratio pseudo_labels init_checkpoint randaugment_layers "
+     "epochs train_steps unlabeled_batch_ratio pseudo_labels temperature init_checkpoint "
+     "randaugment_layers "
      "randaugment_magnitude cutout flip dropout_rate survival_prob base_learning_rate "
      "final_learning_rate warmup_epochs lr_decay_epochs lr_decay_factor weight_decay "
-     "label_smoothing ema_decay freeze_blocks"),
-    ("predict and eval (also beam)", "checkpoint checkpoint_format temperature top_k num_workers worker_index"),
+     "label_smoothing ema_decay batch_norm_recalibration_images freeze_blocks"),
+    ("predict and eval (also beam)",
+     "checkpoint checkpoint_format top_k num_workers worker_index"),
     ("filter (also iterate, beam)",
      "predictions confidence_threshold images_per_class balance duplicate_to_balance"),
     ("beam: predict + filter as one Apache Beam pipeline", "beam_options"),

@@ -306,7 +306,7 @@ def test_checkpoint_of_another_variant_or_class_count_stops_predict(inputs, tmp_
   assert not output.exists()
 
 
-def test_predict_into_an_output_of_another_teacher_or_temperature_is_an_error(inputs, tmp_path):
+def test_predict_into_an_output_of_another_teacher_or_top_k_is_an_error(inputs, tmp_path):
   """A rerun keeps the prediction shards it finds; they must be the same teacher's."""
   output = tmp_path / "predictions"
   first = _predict(inputs, inputs / "unlabeled", output)
@@ -318,8 +318,8 @@ def test_predict_into_an_output_of_another_teacher_or_temperature_is_an_error(in
   assert str(output) in message and "teacher" in message
   message = _error("--mode=predict", f"--checkpoint={inputs / 'teacher.keras'}",
                    f"--unlabeled_data={inputs / 'unlabeled'}", f"--output={output}",
-                   "--temperature=2", *TINY_MODEL)
-  assert "temperature" in message and "teacher" not in message
+                   "--top_k=2", *TINY_MODEL)
+  assert "top_k" in message and "teacher" not in message
   assert {p.name: p.read_bytes() for p in output.glob("*.tfrecord")} == shards  # untouched
   # The same teacher and settings resume (every shard kept).
   again = _predict(inputs, inputs / "unlabeled", output)

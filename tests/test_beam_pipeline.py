@@ -77,7 +77,7 @@ def _training_records(directory):
 def _compare(single, beamed):
   """Same prediction records and the same training records (with copies), file by file."""
   summaries = [json.loads((d / "predict" / "summary.json").read_text()) for d in (single, beamed)]
-  for field in ("images", "undecodable", "num_classes", "temperature", "top_k"):
+  for field in ("images", "undecodable", "num_classes", "top_k"):
     assert summaries[0][field] == summaries[1][field], field
   names = sorted(os.listdir(single / "predict"))
   assert sorted(os.listdir(beamed / "predict")) == names
@@ -116,14 +116,14 @@ def test_beam_equals_single_machine_with_balancing_and_copies(inputs, tmp_path):
 
 
 def test_main_beam_mode_top_k_without_balancing(inputs, tmp_path):
-  config = predict.PredictConfig(temperature=0.5, top_k=2, batch_size=8)
+  config = predict.PredictConfig(top_k=2, batch_size=8)
   rule = dict(threshold=0.5, images_per_class=None, seed=3, num_shards=2)
   _single_machine(inputs, tmp_path / "single", config, **rule)
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["main.py", "--mode=beam", f"--checkpoint={inputs / 'teacher.keras'}",
                f"--unlabeled_data={inputs / 'unlabeled' / '*.tfrecord'}",
                f"--output={tmp_path / 'beam'}", "--small_image", "--image_size=16",
-               "--normalization=imagenet", "--temperature=0.5", "--top_k=2", "--batch_size=8",
+               "--normalization=imagenet", "--top_k=2", "--batch_size=8",
                "--confidence_threshold=0.5", "--nobalance", "--seed=3", "--num_shards=2",
                "--beam_options=--runner=FnApiRunner"])
   main.main(["main.py"])

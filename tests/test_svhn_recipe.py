@@ -159,7 +159,7 @@ def test_teacher_trains_with_the_recipe_settings(svhn):
 def test_predict_covers_every_unlabeled_image(svhn):
   summary = _json(svhn["runs"] / "predict" / "summary.json")
   assert summary["images"] == SIZES["extra"] and summary["undecodable"] == 0
-  assert summary["num_classes"] == 10 and summary["temperature"] == 1
+  assert summary["num_classes"] == 10
   assert summary["top_k"] is None   # full soft distributions, as the reference's online teacher
 
 
