@@ -119,8 +119,12 @@ flags.DEFINE_integer("batch_norm_recalibration_images", 4096, "train: at the end
                      "batch-norm moving statistics from this many labeled images (eval "
                      "preprocessing) run through the final EMA weights; 0 keeps the moving "
                      "averages.", lower_bound=0)
-flags.DEFINE_integer("freeze_blocks", 0, "finetune: freeze the stem and the first N blocks.",
-                     lower_bound=0)
+flags.DEFINE_integer("freeze_blocks", 0, "finetune: freeze the stem and the first N blocks (they "
+                     "run in inference mode: batch norm with its moving statistics, no "
+                     "stochastic depth).", lower_bound=0)
+flags.DEFINE_bool("finetune_noise", False, "finetune: keep --dropout_rate and --survival_prob "
+                  "(off: the fine-tune has no dropout or stochastic depth, as the reference's; it "
+                  "always trains on eval-preprocessed images, without RandAugment or Cutout).")
 
 # predict / eval.
 flags.DEFINE_string("checkpoint", None, "predict/eval: a train workdir or .keras file, or a "
@@ -270,11 +274,35 @@ def run_convert():
   _print(result)
 
 
+# The schedule settings a fine-tune takes from the run it continues.
+_SCHEDULE_FIELDS = ("base_learning_rate", "final_learning_rate", "warmup_epochs", "lr_decay_epochs",
+                    "lr_decay_factor")
+
+
+def finetune_config():
+  """FixRes fine-tuning as the reference does it (`remove_aug`, `fix_layer_num`,
+  `train_last_step_num`): eval preprocessing for training, no RandAugment or Cutout, no dropout
+  or stochastic depth (unless --finetune_noise), and, when --init_checkpoint is a train run of
+  ours, the learning rate of the last --train_steps (or --epochs) steps of that run's schedule.
+  For a checkpoint without its run (a .keras file alone, a reference checkpoint) the schedule is
+  the flags' own, starting at step 0."""
+  from noisy_student import checkpoints  # pylint: disable=g-import-not-at-top
+  if not FLAGS.init_checkpoint:
+    raise app.UsageError("finetune needs --init_checkpoint (the run to fine-tune)")
+  overrides = {"augment": False, "randaugment_layers": 0, "cutout": False}
+  if not FLAGS.finetune_noise:
+    overrides.update(dropout_rate=0.0, survival_prob=1.0)
+  run = (checkpoints.load_run_config(FLAGS.init_checkpoint)
+         if FLAGS.checkpoint_format == "keras" else None)
+  if run is not None:
+    overrides.update({name: run["config"][name] for name in _SCHEDULE_FIELDS})
+    overrides["schedule_steps"] = run["total_steps"]
+  return train_config(**overrides)
+
+
 def run_train(finetune=False):
   from noisy_student import train  # pylint: disable=g-import-not-at-top
-  config = train_config()
-  if finetune and config.randaugment_layers:
-    logging.warning("finetune with RandAugment: the FixRes step uses unaugmented images")
+  config = finetune_config() if finetune else train_config()
   # FixRes fine-tuning trains on labeled images only, whatever a shared recipe says.
   pseudo = None if finetune else FLAGS.pseudo_labeled_data
   result = train.train(config, FLAGS.labeled_data, FLAGS.workdir,

@@ -4,7 +4,8 @@ A `data` argument is either a directory holding `manifest.json` (its shards for 
 read) or a glob of shards such as `gs://bucket/svhn/train-*.tfrecord`.
 
 Training streams (`labeled_dataset`, `pseudo_labeled_dataset`) interleave shuffled shards, shuffle
-records and augment with per-element stateless seeds: the same seed gives the same batches.
+records and augment with per-element stateless seeds: the same seed gives the same batches, and
+`skip` continues such a stream where an earlier one stopped (a resumed run).
 Eval and predict streams are ordered. Records whose bytes or image cannot be read are skipped
 with a logged warning (`ignore_errors`); `scan_shards` counts and names them.
 """
@@ -93,7 +94,8 @@ def train_records(data, *, seed, split=None, num_workers=1, worker_index=0,
 
 
 def labeled_dataset(data, config, *, batch_size=None, num_classes=None, seed=0, split=None,
-                    num_workers=1, worker_index=0, shuffle_buffer=SHUFFLE_BUFFER, repeat=True):
+                    num_workers=1, worker_index=0, shuffle_buffer=SHUFFLE_BUFFER, repeat=True,
+                    skip=0):
   """Augmented labeled training stream.
 
   Args:
@@ -106,6 +108,8 @@ def labeled_dataset(data, config, *, batch_size=None, num_classes=None, seed=0, 
     num_workers, worker_index: multi-worker sharding (see `train_records`).
     shuffle_buffer: records in the shuffle buffer.
     repeat: repeat forever (False: one pass, for tests and epoch counting).
+    skip: examples of the stream already trained on (a resumed run): the stream starts at
+      example `skip`, with the augmentation it has in the full stream (see `_train_stream`).
 
   Returns:
     Dataset of (image float32 [B, S, S, 3] normalised, label one-hot float32 [B, C]); without
@@ -120,12 +124,12 @@ def labeled_dataset(data, config, *, batch_size=None, num_classes=None, seed=0, 
 
   return _train_stream(data, parse, seed=seed, split=split, num_workers=num_workers,
                        worker_index=worker_index, shuffle_buffer=shuffle_buffer, repeat=repeat,
-                       batch_size=batch_size)
+                       batch_size=batch_size, skip=skip)
 
 
 def pseudo_labeled_dataset(data, config, *, num_classes, pseudo_labels="soft", temperature=1.0,
                            batch_size=None, seed=1, num_workers=1, worker_index=0, shuffle_buffer=SHUFFLE_BUFFER,
-                           repeat=True, split=None):
+                           repeat=True, split=None, skip=0):
   """Augmented stream over filter output (pseudo-labeled training shards).
 
   Records hold `probabilities` (C floats), or `top_k_classes` + `top_k_probabilities` (scattered
@@ -157,7 +161,7 @@ def pseudo_labeled_dataset(data, config, *, num_classes, pseudo_labels="soft", t
 
   return _train_stream(data, parse, seed=seed, split=split, num_workers=num_workers,
                        worker_index=worker_index, shuffle_buffer=shuffle_buffer, repeat=repeat,
-                       batch_size=batch_size)
+                       batch_size=batch_size, skip=skip)
 
 
 def student_dataset(labeled, pseudo, batch_size, unlabeled_batch_ratio):
@@ -277,7 +281,16 @@ def _read_shard(path):
 
 
 def _train_stream(data, parse, *, seed, split, num_workers, worker_index, shuffle_buffer, repeat,
-                  batch_size):
+                  batch_size, skip=0):
+  """`parse`d training examples from `skip` on.
+
+  The skipped records are passed over as serialized bytes, before `parse` decodes and augments
+  them: resuming at step k of a run reads k batches of records again but decodes none of them.
+  Records are numbered before the skip, so each later one keeps its augmentation seed. A record
+  `parse` fails on is dropped from the stream (`ignore_errors`) but still counted by `skip`: a
+  resumed stream continues exactly where the earlier one stopped unless some of the skipped
+  records were bad, in which case it starts that many examples early.
+  """
   rows = train_records(data, seed=seed, split=split, num_workers=num_workers,
                        worker_index=worker_index, shuffle_buffer=shuffle_buffer, repeat=repeat)
 
@@ -286,7 +299,10 @@ def _train_stream(data, parse, *, seed, split, num_workers, worker_index, shuffl
     element = index * num_workers + worker_index
     return parse(serialized, tf.stack([tf.constant(seed, tf.int64), element]))
 
-  rows = rows.enumerate().map(with_seed, num_parallel_calls=AUTOTUNE, deterministic=True)
+  rows = rows.enumerate()
+  if skip:
+    rows = rows.skip(skip)
+  rows = rows.map(with_seed, num_parallel_calls=AUTOTUNE, deterministic=True)
   rows = rows.ignore_errors(log_warning=True)
   if batch_size:
     rows = rows.batch(batch_size, drop_remainder=True)

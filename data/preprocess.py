@@ -50,6 +50,8 @@ class PreprocessConfig:
     cutout: apply the extra Cutout (gray square of side 2*(image_size//4)) after RandAugment,
       as the reference's small-image recipe does whenever augmentation is on.
     flip: random horizontal flip in training (turn off for digits such as SVHN).
+    augment: False makes training use the eval preprocessing (no crop, flip, RandAugment or
+      Cutout): the reference's `remove_aug`, for FixRes fine-tuning.
     mean: per-channel mean on the 0-255 scale.
     std: per-channel std on the 0-255 scale.
   """
@@ -61,6 +63,7 @@ class PreprocessConfig:
   flip: bool = True
   mean: tuple = IMAGENET_MEAN
   std: tuple = IMAGENET_STD
+  augment: bool = True
 
 
 def normalize(image, config):
@@ -109,6 +112,8 @@ def train_transform(encoded, seed, config):
     seed: shape [2] int32/int64 tensor; the output is a function of (encoded, seed, config).
     config: a `PreprocessConfig`.
   """
+  if not config.augment:
+    return eval_transform(encoded, config)
   crop_seed, flip_seed, augment_seed, cutout_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=4))
   size = config.image_size

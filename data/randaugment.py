@@ -303,6 +303,20 @@ def _make_op(image_fn, args_fn):
 OPS = {name: _make_op(image_fn, args_fn) for name, (image_fn, args_fn) in _TABLE.items()}
 
 
+def layer_choices(seed, num_layers):
+  """(op index into `OPS`, the op's seed) of each of `num_layers` layers, a function of `seed`.
+
+  Each layer's index is a uniform integer in [0, len(OPS)) drawn from that layer's own split
+  of `seed`, so layers choose independently. `randaugment` applies exactly these choices.
+  """
+  choices = []
+  for layer_seed in tf.unstack(tf.random.experimental.stateless_split(seed, num_layers)):
+    choice_seed, op_seed = tf.unstack(tf.random.experimental.stateless_split(layer_seed, 2))
+    choice = tf.random.stateless_uniform([], choice_seed, 0, len(OPS), dtype=tf.int32)
+    choices.append((choice, op_seed))
+  return choices
+
+
 # AutoGraph has nothing to convert here (no tensor-dependent Python control flow); skipping it
 # cuts tracing inside `Dataset.map` by about a third.
 @tf.autograph.experimental.do_not_convert
@@ -335,9 +349,7 @@ def randaugment(image, num_layers, magnitude, *, seed=None, translate_const=None
       "fix_reference_quirks": fix_reference_quirks,
   }
   ops = list(OPS.values())
-  for layer_seed in tf.unstack(tf.random.experimental.stateless_split(_seed(seed), num_layers)):
-    choice_seed, op_seed = tf.unstack(tf.random.experimental.stateless_split(layer_seed, 2))
-    choice = tf.random.stateless_uniform([], choice_seed, 0, len(ops), dtype=tf.int32)
+  for choice, op_seed in layer_choices(_seed(seed), num_layers):
     # Only the chosen branch runs: computing every op per layer is what makes Keras's slow.
     image = tf.switch_case(choice, [functools.partial(op, image, magnitude, seed=op_seed,
                                                       **constants) for op in ops])

@@ -75,6 +75,8 @@ class TrainConfig:
   flip: bool = True
   normalization: str = "manifest"
   freeze_blocks: int = 0
+  augment: bool = True
+  schedule_steps: int | None = None
   mixed_precision: str = "none"
   batch_norm_recalibration_images: int = 4096
   seed: int = 0
@@ -86,6 +88,8 @@ class TrainConfig:
       raise ValueError(f"--normalization must be one of {NORMALIZATIONS}")
     if self.batch_size < 1:
       raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+    if self.schedule_steps is not None and self.schedule_steps < 1:
+      raise ValueError(f"schedule_steps must be >= 1, got {self.schedule_steps}")
     if self.batch_norm_recalibration_images < 0:
       raise ValueError("--batch_norm_recalibration_images must be >= 0, got "
                        f"{self.batch_norm_recalibration_images}")
@@ -122,7 +126,8 @@ def preprocess_config(config, labeled_data, *, image_size=None, train=True):
       image_size=size, small_image=uses_pad_crop(config),
       randaugment_layers=config.randaugment_layers if train else 0,
       randaugment_magnitude=config.randaugment_magnitude, cutout=config.cutout and train,
-      flip=config.flip, mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
+      flip=config.flip, mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
+      augment=config.augment)
 
 
 def build_student(config, num_classes):
@@ -157,8 +162,10 @@ def warm_start(model, checkpoint, checkpoint_format="keras"):
 
 
 def freeze_first_blocks(model, num_blocks):
-  """FixRes fine-tuning: the stem and the first `num_blocks` blocks stop training (their batch
-  norm runs in inference mode)."""
+  """FixRes fine-tuning: the stem and the first `num_blocks` blocks stop training and run in
+  inference mode, as the reference's `fix_layer_num` does: Keras runs a frozen batch norm with its
+  moving statistics, but a Dropout layer ignores `trainable`, so the frozen blocks' stochastic
+  depth is turned off here."""
   frozen_prefixes = ("stem_",) + tuple(b.name for b in model.block_plan[:num_blocks])
   if num_blocks > len(model.block_plan):
     raise ValueError(f"--freeze_blocks={num_blocks} but {model.name} has "
@@ -166,6 +173,8 @@ def freeze_first_blocks(model, num_blocks):
   for layer in model.layers:
     if layer.name.startswith(frozen_prefixes):
       layer.trainable = False
+      if isinstance(layer, keras.layers.Dropout):
+        layer.rate = 0.0
 
 
 def keras_epochs(total_steps, steps_per_epoch):
@@ -325,6 +334,25 @@ class _RunFacts(keras.callbacks.Callback):
       logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
+def learning_rate_schedule(config, steps_per_epoch, total_steps):
+  """The run's schedule: warm-up and decay over `total_steps`, or, with `config.schedule_steps`
+  (FixRes fine-tuning), the last `total_steps` steps of a schedule that long (the reference's
+  `train_last_step_num`: the rate continues where the training run's schedule ends)."""
+  schedule_steps = config.schedule_steps or total_steps
+  if schedule_steps < total_steps:
+    raise ValueError(f"the run has {total_steps} steps, more than the {schedule_steps} of the "
+                     "schedule whose tail it continues")
+  decay_epochs = config.lr_decay_epochs
+  if config.final_learning_rate is not None:
+    decay_epochs = schedules.decay_epochs_for_final_learning_rate(
+        config.base_learning_rate, config.final_learning_rate, schedule_steps / steps_per_epoch,
+        warmup_epochs=config.warmup_epochs, decay_rate=config.lr_decay_factor)
+  return schedules.WarmupExponentialDecay(
+      schedules.scaled_learning_rate(config.base_learning_rate, config.batch_size),
+      steps_per_epoch, warmup_epochs=config.warmup_epochs, decay_epochs=decay_epochs,
+      decay_rate=config.lr_decay_factor, start_step=schedule_steps - total_steps)
+
+
 # A saved model this far (top-1 points) below its batch-statistics accuracy on the same training
 # images is reported as broken.
 INFERENCE_GAP_WARNING = 0.10
@@ -421,15 +449,7 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     dataset = dataset.with_options(options)
 
-  decay_epochs = config.lr_decay_epochs
-  if config.final_learning_rate is not None:
-    decay_epochs = schedules.decay_epochs_for_final_learning_rate(
-        config.base_learning_rate, config.final_learning_rate, total_steps / steps_per_epoch,
-        warmup_epochs=config.warmup_epochs, decay_rate=config.lr_decay_factor)
-  schedule = schedules.WarmupExponentialDecay(
-      schedules.scaled_learning_rate(config.base_learning_rate, config.batch_size),
-      steps_per_epoch, warmup_epochs=config.warmup_epochs, decay_epochs=decay_epochs,
-      decay_rate=config.lr_decay_factor)
+  schedule = learning_rate_schedule(config, steps_per_epoch, total_steps)
 
   with strategy.scope():
     model = build_student(config, num_classes)
@@ -453,6 +473,24 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
     backup = Backup(os.path.join(workdir, "backup"), chunk,
                     write_dir=os.path.join(outputs, "backup"))
     initial_epoch = backup.restore(model)
+  if initial_epoch:
+    # A resumed run goes on as the uninterrupted one would (tested bit for bit). fit's
+    # initial_epoch does not skip data: the streams are rebuilt to start after the rows that the
+    # restored steps trained on (skipped before decoding; each later row keeps its augmentation).
+    done = int(model.optimizer.iterations.numpy())
+    labeled = pipeline.labeled_dataset(
+        labeled_data, prep, num_classes=num_classes, seed=config.seed, num_workers=num_workers,
+        worker_index=worker_index, skip=done * config.batch_size)
+    if pseudo is not None:
+      pseudo = pipeline.pseudo_labeled_dataset(
+          pseudo_labeled_data, prep, num_classes=num_classes, pseudo_labels=config.pseudo_labels,
+          temperature=config.temperature, seed=config.seed + 1, num_workers=num_workers,
+          worker_index=worker_index, skip=done * int(config.batch_size * ratio))
+    dataset = interleave_replicas(
+        pipeline.student_dataset(labeled, pseudo, config.batch_size, ratio), config.batch_size,
+        strategy.num_replicas_in_sync)
+    if num_workers > 1:
+      dataset = dataset.with_options(options)
 
   run_facts = {"num_labeled": num_labeled, "steps_per_epoch": steps_per_epoch,
                "total_steps": total_steps, "steps_per_keras_epoch": chunk,

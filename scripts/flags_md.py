@@ -26,7 +26,7 @@ GROUPS = (
      "randaugment_layers "
      "randaugment_magnitude cutout flip dropout_rate survival_prob base_learning_rate "
      "final_learning_rate warmup_epochs lr_decay_epochs lr_decay_factor weight_decay "
-     "label_smoothing ema_decay batch_norm_recalibration_images freeze_blocks"),
+     "label_smoothing ema_decay batch_norm_recalibration_images freeze_blocks finetune_noise"),
     ("predict and eval (also beam)",
      "checkpoint checkpoint_format top_k num_workers worker_index"),
     ("filter (also iterate, beam)",

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
+from scipy import stats
 
 from data import randaugment as ra
 
@@ -349,3 +350,61 @@ def test_randaugment_batch_uses_per_image_seeds():
   for index, image in enumerate(images):
     image_seed = tf.random.experimental.stateless_fold_in(seed, index)
     np.testing.assert_array_equal(actual[index], ra.randaugment(image, 2, 15, seed=image_seed))
+
+
+# RandAugment as a whole: which ops, and how each layer picks one.
+
+# The reference's op list, written out from google-research/noisystudent randaugment.py
+# `available_ops` (with --cutout_op, its default): the 16 ops of tensorflow/tpu (reference digest
+# efficientnet-and-randaugment.md section 6.1), but with SolarizeAdd before Cutout.
+REFERENCE_OPS = ["AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize",
+                 "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY",
+                 "TranslateX", "TranslateY", "SolarizeAdd", "Cutout"]
+# Chi-square tests reject uniformity below this p-value. The draws come from fixed seeds, so
+# each test's p-value is a fixed number: the test is repeatable, and a true uniform draw fails it
+# with probability 0.001 over the choice of seeds only.
+SIGNIFICANCE = 1e-3
+
+
+def test_ops_are_the_references_16_in_its_order():
+  assert list(ra.OPS) == REFERENCE_OPS
+
+
+def _layer_choices(num_layers, count, stream):
+  """[count, num_layers] op indices of `count` images seeded as the training pipeline seeds
+  them, [stream, image index], computed in a tf.data map as in training."""
+  seeds = tf.data.Dataset.range(count).map(lambda i: tf.stack([tf.constant(stream, tf.int64), i]))
+  choices = seeds.map(lambda s: tf.stack([c for c, _ in ra.layer_choices(s, num_layers)]))
+  return next(iter(choices.batch(count))).numpy()
+
+
+def test_each_layer_chooses_uniformly_among_the_16_ops():
+  choices = _layer_choices(1, 16 * 250, stream=3)[:, 0]  # 250 expected per op
+  counts = np.bincount(choices, minlength=16)
+  assert len(counts) == 16 and counts.min() > 0  # indices are in [0, 16), every op is drawn
+  assert stats.chisquare(counts).pvalue > SIGNIFICANCE, counts
+
+
+def test_two_layers_choose_independently():
+  choices = _layer_choices(2, 256 * 40, stream=4)  # 40 expected per (first, second) pair
+  for layer in range(2):
+    assert stats.chisquare(np.bincount(choices[:, layer], minlength=16)).pvalue > SIGNIFICANCE
+  # Uniform over all 256 pairs: fails if a layer repeats or follows the other's choice.
+  pairs = np.bincount(choices[:, 0] * 16 + choices[:, 1], minlength=256)
+  assert len(pairs) == 256
+  assert stats.chisquare(pairs).pvalue > SIGNIFICANCE
+  # The same op twice has probability 1/16 for independent layers (640 expected of 10,240).
+  assert 500 < np.sum(choices[:, 0] == choices[:, 1]) < 780
+
+
+def test_randaugment_applies_the_chosen_ops_in_order():
+  image = _natural()
+  chosen = set()
+  for index in range(10):
+    seed = tf.constant([index, 5])
+    expected = image
+    for choice, op_seed in ra.layer_choices(seed, 2):
+      chosen.add(REFERENCE_OPS[int(choice)])
+      expected = ra.OPS[REFERENCE_OPS[int(choice)]](expected, 13, seed=op_seed)
+    np.testing.assert_array_equal(ra.randaugment(image, 2, 13, seed=seed), expected)
+  assert len(chosen) >= 8  # enough different ops that a wrong index -> op mapping shows
