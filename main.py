@@ -130,6 +130,9 @@ flags.DEFINE_bool("finetune_noise", False, "finetune: keep --dropout_rate and --
 flags.DEFINE_string("checkpoint", None, "predict/eval: a train workdir or .keras file, or a "
                     "tensorflow/tpu checkpoint with --checkpoint_format=reference.")
 flags.DEFINE_enum("checkpoint_format", "keras", ["keras", "reference"], "--checkpoint kind.")
+flags.DEFINE_integer("inference_image_size", None, "predict/eval/beam: run --checkpoint at this "
+                     "size (default: the size its own train run used, else its variant's; "
+                     "--image_size, which may be a student's, never changes it).", lower_bound=8)
 flags.DEFINE_float("temperature", 1.0, "train (student): soft targets p^(1/T) / sum, i.e. "
                    "softmax(logits / T), from predict's probabilities (stored at T=1, which the "
                    "filter's threshold sees), as the reference does.",
@@ -329,22 +332,14 @@ def _model_for(checkpoint, num_classes=None):
 
 
 def _preprocess_for(checkpoint):
-  """Eval preprocessing the checkpoint was trained with (size, normalisation) unless overridden."""
-  from data import preprocess  # pylint: disable=g-import-not-at-top
+  """How `checkpoint` sees images (checkpoints.eval_preprocessing): its own run's size and
+  normalisation, or the variant's for a checkpoint without one; --inference_image_size overrides
+  the size, --image_size does not (it is the model being trained's)."""
   from noisy_student import checkpoints  # pylint: disable=g-import-not-at-top
-  run = checkpoints.load_run_config(checkpoint) if FLAGS.checkpoint_format == "keras" else None
-  if run is not None:
-    size = FLAGS.image_size or run["image_size"]
-    small = run["config"]["small_image"] if run["config"].get("pad_crop") is None else (
-        run["config"]["pad_crop"])
-    mean, std = run["mean"], run["std"]
-  else:
-    size = FLAGS.image_size or (32 if FLAGS.small_image else spec.VARIANTS[FLAGS.model].resolution)
-    small = FLAGS.small_image if FLAGS.pad_crop is None else FLAGS.pad_crop
-    mean, std = preprocess.NORMALIZATIONS["imagenet" if FLAGS.normalization == "manifest"
-                                          else FLAGS.normalization]
-  return preprocess.PreprocessConfig(image_size=size, small_image=small, mean=tuple(mean),
-                                     std=tuple(std))
+  return checkpoints.eval_preprocessing(
+      checkpoint, checkpoint_format=FLAGS.checkpoint_format, variant=FLAGS.model,
+      small_image=FLAGS.small_image, pad_crop=FLAGS.pad_crop, normalization=FLAGS.normalization,
+      image_size=FLAGS.inference_image_size)
 
 
 def run_predict():

@@ -37,7 +37,8 @@ class EfficientNet(keras.Model):
     plan = spec.expand_blocks(width, depth, small_image=small_image, survival_prob=survival)
 
     # Spatial size is left open so one model serves training, eval and FixRes at any size;
-    # image_size only documents the intended resolution (default: the variant's).
+    # image_size only documents the intended resolution (default: the variant's, 32 for the
+    # small-image model).
     inputs = keras.Input(shape=(None, None, 3), name="image")
     x = blocks.conv_bn(inputs, spec.stem_filters(width), 3, 2,
                        ("stem_conv", "stem_bn", "stem_activation"))
@@ -52,7 +53,7 @@ class EfficientNet(keras.Model):
                                 dtype="float32", name="predictions")(x)
     super().__init__(inputs=inputs, outputs=logits, name=name or variant, **kwargs)
     self.efficientnet_config = config
-    self.image_size = image_size or base.resolution
+    self.image_size = image_size or (32 if small_image else base.resolution)
     self.block_plan = plan
 
   def get_config(self):
@@ -70,7 +71,8 @@ def build_model(variant, num_classes, *, image_size=None, small_image=False, dro
   Args:
     variant: a name from `spec.VARIANTS`, e.g. "efficientnet-b0" or "efficientnet-l2".
     num_classes: size of the classifier.
-    image_size: intended input resolution (default: the variant's); the model accepts any size.
+    image_size: intended input resolution (default: the variant's, 32 with small_image); the
+      model accepts any size.
     small_image: the reference's 32x32 model (stages 2 and 3 at stride 1).
     dropout_rate: dropout before the classifier (default: the variant's).
     survival_prob: stochastic depth survival probability of the last block's schedule (0.8).

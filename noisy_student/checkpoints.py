@@ -7,6 +7,7 @@ import keras
 import tensorflow as tf
 
 import efficientnet
+from data import preprocess
 
 FINAL_MODEL = "model.keras"      # a train run's final model, EMA weights
 RUN_CONFIG = "train_config.json"  # what a train run was asked to do
@@ -70,6 +71,32 @@ def load_run_config(checkpoint):
     return None
   with tf.io.gfile.GFile(path) as f:
     return json.load(f)
+
+
+def eval_preprocessing(checkpoint, *, checkpoint_format="keras", variant=None, small_image=False,
+                       pad_crop=None, normalization="imagenet", image_size=None):
+  """How a checkpoint sees images: the one answer for predict, eval, beam and iterate.
+
+  A train run of ours is seen as it was trained: its own image size, small-image preprocessing
+  and mean/std from its train_config.json, whatever the flags of the command that loads it say
+  (a student's recipe must not change the size its teacher predicts at). Otherwise (a .keras
+  file without its run, a reference checkpoint) the arguments decide: `variant`'s resolution (32
+  with `small_image`) and the `normalization` named ("imagenet", "svhn"; "manifest" has no
+  manifest to read here and means "imagenet"). `image_size`, when given, overrides the size in
+  both cases (--inference_image_size).
+  """
+  run = load_run_config(checkpoint) if checkpoint_format == "keras" else None
+  if run is not None:
+    config = run["config"]
+    small = config["small_image"] if config.get("pad_crop") is None else config["pad_crop"]
+    size, mean, std = run["image_size"], run["mean"], run["std"]
+  else:
+    small = small_image if pad_crop is None else pad_crop
+    size = 32 if small_image else efficientnet.get_variant(variant).resolution
+    mean, std = preprocess.NORMALIZATIONS["imagenet" if normalization == "manifest"
+                                          else normalization]
+  return preprocess.PreprocessConfig(image_size=image_size or size, small_image=small,
+                                     mean=tuple(mean), std=tuple(std))
 
 
 def save_model_atomically(model, path):

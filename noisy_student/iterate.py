@@ -21,7 +21,6 @@ import tensorflow as tf
 
 import efficientnet
 from data import manifest as manifest_lib
-from data import pipeline
 from data import records
 from noisy_student import checkpoints
 from noisy_student import evaluate
@@ -153,9 +152,9 @@ def _differences(recorded, settings, prefix=""):
   return found
 
 
-def _eval(checkpoint, eval_data, validation_data, directory, labeled_data, config):
+def _eval(checkpoint, eval_data, validation_data, directory):
   model = checkpoints.load_model(checkpoint)
-  prep = train.preprocess_config(config, labeled_data, train=False)
+  prep = checkpoints.eval_preprocessing(checkpoint)
   return evaluate.eval_phase(
       model, prep, directory, eval_data=eval_data, validation_data=validation_data,
       class_names=manifest_lib.class_names_for(eval_data, model.output_shape[-1]))
@@ -241,18 +240,17 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
                                           strategy=strategy)["total_steps"], worker, everyone=True)
   metrics = _phase(os.path.join(workdir, "iter_0", "eval"),
                    lambda: _eval(teacher_dir, eval_data, validation_data,
-                                 os.path.join(workdir, "iter_0", "eval"), labeled_data,
-                                 teacher_config), worker)
+                                 os.path.join(workdir, "iter_0", "eval")), worker)
   rounds.append(_round_row(0, "teacher", teacher_config.model, metrics))
-  config = teacher_config
   for k, student in enumerate(student_models, start=1):
     root = os.path.join(workdir, f"iter_{k}")
     predict_dir, filter_dir = os.path.join(root, "predict"), os.path.join(root, "filter")
     student_dir, eval_dir = os.path.join(root, "train"), os.path.join(root, "eval")
 
-    def run_predict(teacher_dir=teacher_dir, config=config, predict_dir=predict_dir):
+    def run_predict(teacher_dir=teacher_dir, predict_dir=predict_dir):
       model = checkpoints.load_model(teacher_dir)
-      prep = train.preprocess_config(config, labeled_data, train=False)
+      # The teacher sees images as it was trained to, at its own size, not the student's.
+      prep = checkpoints.eval_preprocessing(teacher_dir)
       predict_config = predict.PredictConfig(num_workers=worker.count,
                                              worker_index=worker.index)
       summary = predict.predict_phase(model, unlabeled_data, predict_dir, prep, predict_config)
@@ -274,8 +272,8 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
                                             pseudo_labeled_data=filter_dir, init_checkpoint=init,
                                             strategy=strategy)["total_steps"],
            worker, everyone=True)
-    metrics = _phase(eval_dir, lambda: _eval(student_dir, eval_data, validation_data, eval_dir,
-                                             labeled_data, config), worker)
+    metrics = _phase(eval_dir, lambda: _eval(student_dir, eval_data, validation_data, eval_dir),
+                     worker)
     rounds.append(_round_row(k, "student", student, metrics,
                              pseudo_labeled=stats["totals"]["with_copies"]))
     teacher_dir = student_dir

@@ -491,6 +491,11 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
         strategy.num_replicas_in_sync)
     if num_workers > 1:
       dataset = dataset.with_options(options)
+    # The backup (save_weights) lacks the seed generators of dropout and stochastic depth, which
+    # restart at their first draw; each draws once per training step.
+    for layer in model._flatten_layers():  # pylint: disable=protected-access
+      for generator in layer._seed_generators:  # pylint: disable=protected-access
+        generator.state.assign(generator.state + [0, done])
 
   run_facts = {"num_labeled": num_labeled, "steps_per_epoch": steps_per_epoch,
                "total_steps": total_steps, "steps_per_keras_epoch": chunk,

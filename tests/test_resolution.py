@@ -1,0 +1,58 @@
+"""Each role sees images at its own resolution: predict and eval run a checkpoint at the size its
+own train run used (or its variant's), never at the size a student's recipe sets."""
+
+import json
+import pathlib
+
+import numpy as np
+from absl import flags
+
+import efficientnet
+import main
+from noisy_student import checkpoints
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--small_image", "--width_coefficient=0.1", "--depth_coefficient=0.1"]
+
+
+def run(*args):
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["main.py", *args])
+  main.main(["main.py"])
+
+
+def test_predict_uses_the_teachers_own_size_whatever_the_students_recipe_says(tmp_path):
+  rng = np.random.default_rng(0)
+  labels = np.arange(12) % 3
+  images = rng.integers(0, 255, (12, 20, 20, 3)).astype(np.uint8)
+  np.savez(tmp_path / "data.npz", images=images, labels=labels)
+  run("--mode=convert", "--source=npz", f"--input={tmp_path / 'data.npz'}",
+      f"--output={tmp_path / 'labeled'}", "--split=train", "--num_shards=1")
+  teacher = tmp_path / "teacher"
+  run("--mode=train", *TINY, "--image_size=12", f"--labeled_data={tmp_path / 'labeled'}",
+      f"--eval_data={tmp_path / 'labeled'}", f"--workdir={teacher}", "--train_steps=2",
+      "--batch_size=4", "--batch_norm_recalibration_images=8")
+  # A student's recipe sets --image_size=24 and other normalisation: the teacher keeps its own.
+  for output, extra, size in (("own", [], 12), ("override", ["--inference_image_size=16"], 16)):
+    run("--mode=predict", *TINY, "--image_size=24", "--normalization=svhn",
+        f"--checkpoint={teacher}", f"--unlabeled_data={tmp_path / 'labeled'}",
+        f"--output={tmp_path / output}", *extra)
+    seen = json.loads((tmp_path / output / "predict_run.json").read_text())["preprocess"]
+    run_config = json.loads((teacher / "train_config.json").read_text())
+    assert seen["image_size"] == size
+    assert seen["mean"] == run_config["mean"] and seen["std"] == run_config["std"]
+
+
+def test_a_checkpoint_without_its_run_is_seen_at_its_variants_size(tmp_path):
+  model = efficientnet.build_model("efficientnet-b3", 3, width_coefficient=0.1,
+                                   depth_coefficient=0.1)
+  model.save(tmp_path / "bare.keras")
+  seen = checkpoints.eval_preprocessing(str(tmp_path / "bare.keras"), variant="efficientnet-b3")
+  assert seen.image_size == efficientnet.get_variant("efficientnet-b3").resolution == 300
+  assert checkpoints.eval_preprocessing(
+      "unused", checkpoint_format="reference", variant="efficientnet-l2").image_size == 800
+  small = checkpoints.eval_preprocessing(str(tmp_path / "bare.keras"), variant="efficientnet-b3",
+                                         small_image=True)
+  assert small.image_size == 32 and small.small_image
+  assert efficientnet.build_model("efficientnet-b0", 3, small_image=True,
+                                  width_coefficient=0.1, depth_coefficient=0.1).image_size == 32
