@@ -146,10 +146,14 @@ flags.DEFINE_integer("worker_index", 0, "predict: this machine's index.", lower_
 flags.DEFINE_string("predictions", None, "filter: predict's output directory.")
 flags.DEFINE_float("confidence_threshold", 0.3, "filter: keep confidence >= this.",
                    lower_bound=0, upper_bound=1)
-flags.DEFINE_integer("images_per_class", 130000, "filter: per-class target N.", lower_bound=1)
+flags.DEFINE_integer("images_per_class", 130000, "filter: per-class target N: exactly the N most "
+                     "confident (the reference keeps a random subset of expected size N above a "
+                     "per-class threshold on a 0.01 grid).", lower_bound=1)
 flags.DEFINE_bool("balance", True, "filter: keep the N most confident per class (off: keep all "
                   "above the threshold).")
-flags.DEFINE_bool("duplicate_to_balance", True, "filter: fill short classes to N by copies.")
+flags.DEFINE_bool("duplicate_to_balance", True, "filter: fill short classes to exactly N by "
+                  "whole copies plus a seeded subset (the reference draws an unseeded random "
+                  "number of copies per image, N only in expectation).")
 
 # beam.
 flags.DEFINE_list("beam_options", [], "beam: Apache Beam pipeline options, comma-separated, e.g. "
