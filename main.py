@@ -228,30 +228,24 @@ flags.register_multi_flags_validator(
 
 
 def train_config(**overrides):
+  """The TrainConfig of this command: every field from the flag of the same name (fields
+  without a flag keep their defaults), then `overrides`."""
   from noisy_student import train  # pylint: disable=g-import-not-at-top
-  values = dict(
-      model=FLAGS.model, image_size=FLAGS.image_size, small_image=FLAGS.small_image,
-      pad_crop=FLAGS.pad_crop,
-      width_coefficient=FLAGS.width_coefficient, depth_coefficient=FLAGS.depth_coefficient,
-      dropout_rate=FLAGS.dropout_rate, survival_prob=FLAGS.survival_prob,
-      num_classes=FLAGS.num_classes, batch_size=FLAGS.batch_size,
-      unlabeled_batch_ratio=FLAGS.unlabeled_batch_ratio, pseudo_labels=FLAGS.pseudo_labels,
-      temperature=FLAGS.temperature,
-      epochs=FLAGS.epochs, train_steps=FLAGS.train_steps,
-      base_learning_rate=FLAGS.base_learning_rate,
-      final_learning_rate=FLAGS.final_learning_rate, warmup_epochs=FLAGS.warmup_epochs,
-      lr_decay_epochs=FLAGS.lr_decay_epochs, lr_decay_factor=FLAGS.lr_decay_factor,
-      weight_decay=FLAGS.weight_decay, label_smoothing=FLAGS.label_smoothing,
-      ema_decay=FLAGS.ema_decay or None, randaugment_layers=FLAGS.randaugment_layers,
-      randaugment_magnitude=FLAGS.randaugment_magnitude, cutout=FLAGS.cutout, flip=FLAGS.flip,
-      normalization=FLAGS.normalization, freeze_blocks=FLAGS.freeze_blocks,
-      mixed_precision=FLAGS.mixed_precision,
-      batch_norm_recalibration_images=FLAGS.batch_norm_recalibration_images, seed=FLAGS.seed)
+  values = {field.name: FLAGS[field.name].value for field in dataclasses.fields(train.TrainConfig)
+            if field.name in FLAGS}
+  values["ema_decay"] = FLAGS.ema_decay or None  # --ema_decay=0 turns the average off
   values.update(overrides)
   if values["epochs"] is None and values["train_steps"] is None:
     raise app.UsageError("--epochs or --train_steps is needed (a recipe sets them: "
                          "--flagfile=recipes/fashion_mnist_demo.flags is the demo's)")
   return train.TrainConfig(**values)
+
+
+def predict_config():
+  """The PredictConfig of this command, every field from the flag of the same name."""
+  from noisy_student import predict  # pylint: disable=g-import-not-at-top
+  return predict.PredictConfig(**{field.name: FLAGS[field.name].value
+                                  for field in dataclasses.fields(predict.PredictConfig)})
 
 
 def _strategy():
@@ -350,9 +344,7 @@ def run_predict():
   from noisy_student import predict  # pylint: disable=g-import-not-at-top
   if not FLAGS.output:
     raise app.UsageError("predict needs --output")
-  config = predict.PredictConfig(top_k=FLAGS.top_k,
-                                 batch_size=FLAGS.batch_size, num_workers=FLAGS.num_workers,
-                                 worker_index=FLAGS.worker_index)
+  config = predict_config()
   model = _model_for(FLAGS.checkpoint, FLAGS.num_classes)
   summary = predict.predict_phase(model, FLAGS.unlabeled_data, FLAGS.output,
                                   _preprocess_for(FLAGS.checkpoint), config)
@@ -376,13 +368,11 @@ def run_filter():
 
 def run_beam():
   from noisy_student import beam_pipeline  # pylint: disable=g-import-not-at-top
-  from noisy_student import predict  # pylint: disable=g-import-not-at-top
   if not (FLAGS.checkpoint and FLAGS.output):
     raise app.UsageError("beam needs --checkpoint and --output")
   result = beam_pipeline.run_beam(
       FLAGS.checkpoint, FLAGS.unlabeled_data, FLAGS.output, _preprocess_for(FLAGS.checkpoint),
-      predict.PredictConfig(top_k=FLAGS.top_k,
-                            batch_size=FLAGS.batch_size),
+      dataclasses.replace(predict_config(), num_workers=1, worker_index=0),
       threshold=FLAGS.confidence_threshold,
       images_per_class=FLAGS.images_per_class if FLAGS.balance else None,
       duplicate=FLAGS.duplicate_to_balance, num_shards=FLAGS.num_shards, seed=FLAGS.seed,
@@ -447,7 +437,8 @@ def run_iterate():
   summary = iterate.iterate(
       teacher, students, FLAGS.workdir, labeled_data=FLAGS.labeled_data,
       unlabeled_data=FLAGS.unlabeled_data, eval_data=FLAGS.eval_data,
-      validation_data=FLAGS.validation_data, filter_args=dict(threshold=FLAGS.confidence_threshold,
+      validation_data=FLAGS.validation_data, predict_config=predict_config(),
+      filter_args=dict(threshold=FLAGS.confidence_threshold,
                        images_per_class=FLAGS.images_per_class if FLAGS.balance else None,
                        duplicate=FLAGS.duplicate_to_balance, seed=FLAGS.seed),
       strategy=_strategy(),

@@ -103,7 +103,7 @@ def run_beam(checkpoint, unlabeled_data, output_dir, preprocess_config, config, 
   shards = sorted(pipeline.resolve_shards(unlabeled_data), key=os.path.basename)
   if len(shards) >= 1 << (63 - _INDEX_BITS):
     raise ValueError(f"{len(shards)} shards: record ids hold at most 2**23")
-  soft = filter_phase._SoftLabel(
+  soft = filter_phase.SoftLabel(
       records.PROBABILITIES if config.top_k is None else records.TOP_K_PROBABILITIES,
       num_classes if config.top_k is None else min(config.top_k, num_classes))
   rule = dict(num_classes=num_classes, threshold=threshold, images_per_class=images_per_class,
@@ -132,7 +132,7 @@ def _build(root, shards, predict_dir, filter_dir, load, preprocess_config, confi
   summary = (predicted | "AllShards" >> beam.combiners.ToList()
              | "Summary" >> beam.Map(_write_summary, predict_dir, rule["num_classes"], config))
   pairs = predicted | "Pairs" >> beam.MapTuple(
-      lambda index, entry, *_: (index, filter_phase._Pair(
+      lambda index, entry, *_: (index, filter_phase.ShardPair(
           os.path.join(predict_dir, entry["output"]), entry["input"], entry["count"])))
   scanned = pairs | "Scan" >> beam.ParDo(_Scan(soft, rule)).with_outputs(_SELECTED, main="counts")
   counts = scanned.counts | "AddCounts" >> beam.CombineGlobally(_add_counts)
@@ -173,7 +173,7 @@ class _Predict(beam.DoFn):
   def setup(self):
     self._model = checkpoints.load_model(**self._load)
     self._infer = predict.inference_function(self._model)
-    self._progress = predict._Progress()
+    self._progress = predict.Progress()
 
   def process(self, element):
     index, shard = element
@@ -209,7 +209,7 @@ class _Scan(beam.DoFn):
     selector = filter_balance.Selector(rule.pop("num_classes"), **rule)
     num_classes = self._rule["num_classes"]
     histogram = np.zeros((num_classes, filter_phase.HISTOGRAM_BINS), np.int64)
-    filter_phase._scan_predictions([pair], self._soft, num_classes, selector, _READ_BATCH,
+    filter_phase.scan_predictions([pair], self._soft, num_classes, selector, _READ_BATCH,
                                    histogram)  # Checks the count against summary.json's.
     selection = selector.result()
     yield {"before": selection.before_threshold, "after": selection.after_threshold,
@@ -257,7 +257,7 @@ class _Join(beam.DoFn):
   """(index, {pair, kept}) -> ((output shard, shard count), (output position, record)).
 
   Output positions number the written records in input order (shard, record, copy), as
-  filter_phase numbers them, so `_assign_shards` sends every record where it sends it there.
+  filter_phase numbers them, so `assign_shards` sends every record where it sends it there.
   """
 
   def __init__(self, soft, num_shards, num_inputs, seed):
@@ -273,10 +273,10 @@ class _Join(beam.DoFn):
     local_ids = np.array([local for local, _ in kept], np.int64)
     copies = np.array([n for _, n in kept], np.int64)
     start = sum(n for shard, n in totals.items() if shard < index)
-    count = filter_phase._output_shard_count(self._num_shards, self._num_inputs,
+    count = filter_phase.output_shard_count(self._num_shards, self._num_inputs,
                                              sum(totals.values()))
-    targets = filter_phase._assign_shards(start, int(copies.sum()), count, self._seed, index)
-    joined = filter_phase._joined_records(pair, local_ids, copies, self._soft, _READ_BATCH)
+    targets = filter_phase.assign_shards(start, int(copies.sum()), count, self._seed, index)
+    joined = filter_phase.joined_records(pair, local_ids, copies, self._soft, _READ_BATCH)
     for position, (target, serialized) in enumerate(zip(targets, joined, strict=True), start):
       yield (int(target), count), (position, serialized)
 
@@ -292,7 +292,7 @@ class _WriteShard(beam.DoFn):
     (j, count), rows = element
     rows = sorted(rows, key=lambda row: row[0])  # The grouping's order is the runner's.
     serialized = np.array([row[1] for row in rows], object)
-    rng = np.random.default_rng([self._seed, filter_phase._SHUFFLE, j])
+    rng = np.random.default_rng([self._seed, filter_phase.SHUFFLE_TAG, j])
     records.write_atomically(
         os.path.join(self._dir, records.shard_name(filter_phase.SHARD_PREFIX, j, count)),
         serialized[rng.permutation(len(serialized))])
@@ -311,7 +311,7 @@ class _Finish(beam.DoFn):
   def process(self, _, summary, pairs, counts, classes, totals, written):
     del summary  # a side input only so that predict's summary.json is written first
     pairs = [pair for _, pair in sorted(pairs, key=lambda item: item[0])]
-    count = filter_phase._output_shard_count(self._num_shards, len(pairs), sum(totals.values()))
+    count = filter_phase.output_shard_count(self._num_shards, len(pairs), sum(totals.values()))
     names = [records.shard_name(filter_phase.SHARD_PREFIX, j, count) for j in range(count)]
     for j in sorted(set(range(count)) - set(written)):  # Only when nothing was kept at all.
       records.write_atomically(os.path.join(self._dir, names[j]), [])
@@ -320,7 +320,7 @@ class _Finish(beam.DoFn):
       logging.warning("filter: %d classes have no kept record and stay empty: %s",
                       len(selection.empty_classes), selection.empty_classes[:20])
     class_names = manifest_lib.class_names_for(pairs[0].unlabeled, self._rule["num_classes"])
-    filter_phase._save_summaries(self._dir, pairs, [pair.count for pair in pairs], selection,
+    filter_phase.save_summaries(self._dir, pairs, [pair.count for pair in pairs], selection,
                                  self._soft, names, class_names)
     plots.confidence_histograms(counts["histogram"],
                                 os.path.join(self._dir, "confidence_per_class.png"),

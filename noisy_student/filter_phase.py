@@ -51,19 +51,19 @@ SUMMARY = "summary.json"
 STATS = "stats.json"
 SHARD_PREFIX = "train"
 # Seed-sequence tags, so the shard assignment and the shuffles draw independent streams.
-_ASSIGN, _SHUFFLE = 1, 2
+ASSIGN_TAG, SHUFFLE_TAG = 1, 2
 _LOG_EVERY_S = 10
 
 
 @dataclasses.dataclass(frozen=True)
-class _Pair:
+class ShardPair:
   prediction: str
   unlabeled: str
   count: int | None  # The prediction shard's record count in summary.json, if any.
 
 
 @dataclasses.dataclass(frozen=True)
-class _SoftLabel:
+class SoftLabel:
   field: str  # records.PROBABILITIES or records.TOP_K_PROBABILITIES.
   width: int  # C, or k.
 
@@ -116,7 +116,7 @@ def filter_and_balance_phase(predictions, unlabeled_data, output_dir, *, thresho
                                      images_per_class=images_per_class, duplicate=duplicate,
                                      seed=seed)
   histogram = np.zeros((num_classes, HISTOGRAM_BINS), np.int64)
-  counts = _scan_predictions(pairs, soft, num_classes, selector, batch_size, histogram)
+  counts = scan_predictions(pairs, soft, num_classes, selector, batch_size, histogram)
   selection = selector.result()
   if selection.empty_classes:
     logging.warning("filter: %d classes have no kept record and stay empty: %s",
@@ -126,7 +126,7 @@ def filter_and_balance_phase(predictions, unlabeled_data, output_dir, *, thresho
   # The unlabeled data's manifest names the classes when it came from labeled data (as the
   # converter's splits do); the filter's manifest and plots carry the names on.
   class_names = manifest_lib.class_names_for(pairs[0].unlabeled, num_classes)
-  stats = _save_summaries(output_dir, pairs, counts, selection, soft, shard_names, class_names)
+  stats = save_summaries(output_dir, pairs, counts, selection, soft, shard_names, class_names)
   plots.confidence_histograms(histogram, os.path.join(output_dir, "confidence_per_class.png"),
                               threshold=threshold, class_names=class_names)
   plots.class_counts(selection.after_threshold, selection.with_copies,
@@ -157,7 +157,7 @@ def _resolve_pairs(predictions, unlabeled_data):
   if len(inputs) != len(prediction_paths):
     raise ValueError(f"{len(prediction_paths)} prediction shards but {len(inputs)} unlabeled "
                      f"shards; they must pair one to one")
-  return [_Pair(p, u, c) for p, u, c in zip(prediction_paths, inputs, counts)], summary
+  return [ShardPair(p, u, c) for p, u, c in zip(prediction_paths, inputs, counts)], summary
 
 
 def _list_shards(spec):
@@ -210,7 +210,7 @@ def _soft_label_format(pairs, first_records):
     feature = tf.train.Example.FromString(serialized).features.feature
     for field in (records.PROBABILITIES, records.TOP_K_PROBABILITIES):
       if field in feature:
-        return _SoftLabel(field, len(feature[field].float_list.value))
+        return SoftLabel(field, len(feature[field].float_list.value))
     raise ValueError(f"{pair.prediction} record 0 has neither {records.PROBABILITIES!r} nor "
                      f"{records.TOP_K_PROBABILITIES!r}")
   raise ValueError(f"no prediction records in {[p.prediction for p in pairs]}")
@@ -278,7 +278,7 @@ def _add_to_histogram(histogram, labels, confidences):
   np.add.at(histogram, (labels[valid], bins), 1)
 
 
-def _scan_predictions(pairs, soft, num_classes, selector, batch_size, histogram):
+def scan_predictions(pairs, soft, num_classes, selector, batch_size, histogram):
   """Pass 1: feeds every prediction record to the selector (and the per-class confidence
   histogram of the report); returns the records per shard."""
   parse = _label_and_confidence(soft, num_classes)
@@ -305,7 +305,7 @@ def _scan_predictions(pairs, soft, num_classes, selector, batch_size, histogram)
   return counts
 
 
-def _output_shard_count(num_shards, num_inputs, num_records):
+def output_shard_count(num_shards, num_inputs, num_records):
   requested = num_inputs if num_shards is None else int(num_shards)
   return max(1, min(requested, num_records))
 
@@ -313,7 +313,7 @@ def _output_shard_count(num_shards, num_inputs, num_records):
 def _write_training_shards(pairs, counts, selection, soft, output_dir, num_shards, seed,
                            batch_size):
   """Pass 2: joins, assigns, spills, shuffles and writes; returns the shard file names."""
-  num_shards = _output_shard_count(num_shards, len(pairs), selection.num_records)
+  num_shards = output_shard_count(num_shards, len(pairs), selection.num_records)
   names = [records.shard_name(SHARD_PREFIX, j, num_shards) for j in range(num_shards)]
   finals = [os.path.join(output_dir, name) for name in names]
   spills = [records.temporary_path(path) for path in finals]
@@ -328,9 +328,9 @@ def _write_training_shards(pairs, counts, selection, soft, output_dir, num_shard
       kept = slice(bounds[index], bounds[index + 1])
       local_ids = selection.record_ids[kept] - offsets[index]
       copies = selection.copies[kept]
-      targets = _assign_shards(position, int(copies.sum()), num_shards, seed, index)
+      targets = assign_shards(position, int(copies.sum()), num_shards, seed, index)
       position += len(targets)
-      joined = _joined_records(pair, local_ids, copies, soft, batch_size)
+      joined = joined_records(pair, local_ids, copies, soft, batch_size)
       for target, serialized in zip(targets, joined, strict=True):
         writers[target].write(serialized)
       read += counts[index]
@@ -340,7 +340,7 @@ def _write_training_shards(pairs, counts, selection, soft, output_dir, num_shard
     for writer in writers:
       writer.close()
     for j, (spill, final) in enumerate(zip(spills, finals)):
-      _shuffle_into(spill, final, np.random.default_rng([seed, _SHUFFLE, j]))
+      _shuffle_into(spill, final, np.random.default_rng([seed, SHUFFLE_TAG, j]))
     logging.info("filter pass 2: read %d records, wrote %d to %d shards, %.0f records/s", read,
                  position, num_shards, read / max(time.perf_counter() - start, 1e-9))
   finally:
@@ -352,13 +352,13 @@ def _write_training_shards(pairs, counts, selection, soft, output_dir, num_shard
   return names
 
 
-def _assign_shards(position, count, num_shards, seed, input_index):
+def assign_shards(position, count, num_shards, seed, input_index):
   """Output shards of output records position..position+count-1 (one input shard's)."""
   residues = (position + np.arange(count)) % num_shards
-  return np.random.default_rng([seed, _ASSIGN, input_index]).permutation(residues)
+  return np.random.default_rng([seed, ASSIGN_TAG, input_index]).permutation(residues)
 
 
-def _joined_records(pair, local_ids, copies, soft, batch_size):
+def joined_records(pair, local_ids, copies, soft, batch_size):
   """Yields the serialized training records of one shard pair, copies included.
 
   Reads every record of both shards and checks keys and lengths, also after the last kept one.
@@ -416,7 +416,7 @@ def _shuffle_into(spill, final, rng, batch_size=4096):
   records.write_atomically(final, serialized[rng.permutation(len(serialized))])
 
 
-def _save_summaries(output_dir, pairs, counts, selection, soft, shard_names, class_names):
+def save_summaries(output_dir, pairs, counts, selection, soft, shard_names, class_names):
   """Writes manifest.json, drops shards only a previous run listed, then writes stats.json.
 
   stats.json comes last: its presence means the output directory is complete.

@@ -201,8 +201,8 @@ def summary_table(rounds):
 
 
 def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_data, eval_data,
-            filter_args, validation_data=None, strategy=None, student_overrides=None,
-            student_init="scratch"):
+            filter_args, validation_data=None, predict_config=None, strategy=None,
+            student_overrides=None, student_init="scratch"):
   """Runs K = len(student_models) Noisy Student rounds.
 
   Args:
@@ -210,6 +210,8 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
     student_models: variant per round, each equal or larger than the one before.
     workdir: root of `iter_<k>/<phase>/`.
     labeled_data, unlabeled_data, eval_data: data arguments (directories or globs).
+    predict_config: `predict.PredictConfig` of the teacher's predictions (top-k, batch size);
+      the workers' split is iterate's own.
     validation_data: a held-out labeled split evaluated beside eval_data in every round (choices
       are made on it, and the teacher check uses it), optional.
     filter_args: keyword arguments of `filter_phase.filter_and_balance_phase`.
@@ -232,6 +234,7 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
       "teacher_config": dataclasses.asdict(teacher_config), "student_models": list(student_models),
       "labeled_data": labeled_data, "unlabeled_data": unlabeled_data, "eval_data": eval_data,
       "validation_data": validation_data, "filter_args": filter_args,
+      "predict_config": dataclasses.asdict(predict_config or predict.PredictConfig()),
       "student_overrides": student_overrides or {}, "student_init": student_init}
   check_settings(workdir, settings, write=worker.chief)
   rounds = []
@@ -251,9 +254,9 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
       model = checkpoints.load_model(teacher_dir)
       # The teacher sees images as it was trained to, at its own size, not the student's.
       prep = checkpoints.eval_preprocessing(teacher_dir)
-      predict_config = predict.PredictConfig(num_workers=worker.count,
-                                             worker_index=worker.index)
-      summary = predict.predict_phase(model, unlabeled_data, predict_dir, prep, predict_config)
+      worker_config = dataclasses.replace(predict_config or predict.PredictConfig(),
+                                          num_workers=worker.count, worker_index=worker.index)
+      summary = predict.predict_phase(model, unlabeled_data, predict_dir, prep, worker_config)
       if worker.count > 1 and worker.chief:
         # A worker writes its summary after its shards: with every summary there, the chief
         # combines them into the summary.json the filter reads.

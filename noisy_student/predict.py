@@ -180,7 +180,7 @@ def _predict_shards(infer, num_classes, shards, output_dir, preprocess_config, c
   return entries
 
 
-class _Progress:
+class Progress:
   """A plain rate line every `every` seconds: long runs show they are alive and how fast."""
 
   def __init__(self, every=10.0):
@@ -325,7 +325,7 @@ def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config):
                                   config.worker_index)
   check_run_identity(output_dir, run_identity(model, preprocess_config, config))
   infer, num_classes = inference_function(model), int(model.output.shape[-1])
-  progress = _Progress()
+  progress = Progress()
   entries = {shard: _finished_entry(shard, output_dir) for shard in shards}
   todo = [shard for shard in shards if entries[shard] is None]
   if todo:

@@ -88,6 +88,11 @@ class TrainConfig:
       raise ValueError(f"--normalization must be one of {NORMALIZATIONS}")
     if self.batch_size < 1:
       raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+    # Checked for every run, teachers too: iterate's students copy the teacher's config, and a
+    # bad ratio would otherwise stop the first student after the teacher's hours of training.
+    # 0 means labeled data only (the reference's unlabel_ratio=0); a student then refuses it.
+    if self.unlabeled_batch_ratio:
+      pipeline.unlabeled_rows(self.batch_size, self.unlabeled_batch_ratio)
     if self.schedule_steps is not None and self.schedule_steps < 1:
       raise ValueError(f"schedule_steps must be >= 1, got {self.schedule_steps}")
     if self.batch_norm_recalibration_images < 0:
