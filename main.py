@@ -18,6 +18,7 @@ from absl import logging
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from efficientnet import spec  # noqa: E402  (pure Python: no TensorFlow import here)
+from noisy_student import filter_balance  # noqa: E402  (NumPy only)
 
 MODES = ("convert", "train", "finetune", "predict", "filter", "eval", "iterate", "beam")
 SOURCES = ("folder", "idx", "svhn_mat", "npz", "tfds")
@@ -144,9 +145,9 @@ flags.DEFINE_integer("worker_index", 0, "predict: this machine's index.", lower_
 
 # filter.
 flags.DEFINE_string("predictions", None, "filter: predict's output directory.")
-flags.DEFINE_float("confidence_threshold", 0.3, "filter: keep confidence >= this.",
-                   lower_bound=0, upper_bound=1)
-flags.DEFINE_integer("images_per_class", 130000, "filter: per-class target N: exactly the N most "
+flags.DEFINE_float("confidence_threshold", filter_balance.FilterRule.threshold,
+                   "filter: keep confidence >= this.", lower_bound=0, upper_bound=1)
+flags.DEFINE_integer("images_per_class", filter_balance.FilterRule.images_per_class, "filter: per-class target N: exactly the N most "
                      "confident (the reference keeps a random subset of expected size N above a "
                      "per-class threshold on a 0.01 grid).", lower_bound=1)
 flags.DEFINE_bool("balance", True, "filter: keep the N most confident per class (off: keep all "
@@ -246,6 +247,14 @@ def predict_config():
   from noisy_student import predict  # pylint: disable=g-import-not-at-top
   return predict.PredictConfig(**{field.name: FLAGS[field.name].value
                                   for field in dataclasses.fields(predict.PredictConfig)})
+
+
+def filter_rule():
+  """The FilterRule of this command (--balance off: no images_per_class)."""
+  return filter_balance.FilterRule(
+      threshold=FLAGS.confidence_threshold,
+      images_per_class=FLAGS.images_per_class if FLAGS.balance else None,
+      duplicate=FLAGS.duplicate_to_balance, seed=FLAGS.seed)
 
 
 def _strategy():
@@ -358,11 +367,8 @@ def run_filter():
   if not (FLAGS.predictions and FLAGS.output):
     raise app.UsageError("filter needs --predictions and --output")
   stats = filter_phase.filter_and_balance_phase(
-      FLAGS.predictions, FLAGS.unlabeled_data, FLAGS.output,
-      threshold=FLAGS.confidence_threshold,
-      images_per_class=FLAGS.images_per_class if FLAGS.balance else None,
-      duplicate=FLAGS.duplicate_to_balance, num_shards=FLAGS.num_shards, seed=FLAGS.seed,
-      num_classes=FLAGS.num_classes)
+      FLAGS.predictions, FLAGS.unlabeled_data, FLAGS.output, filter_rule(),
+      num_shards=FLAGS.num_shards, num_classes=FLAGS.num_classes)
   _print({k: v for k, v in stats.items() if not isinstance(v, (list, dict))})
 
 
@@ -372,11 +378,8 @@ def run_beam():
     raise app.UsageError("beam needs --checkpoint and --output")
   result = beam_pipeline.run_beam(
       FLAGS.checkpoint, FLAGS.unlabeled_data, FLAGS.output, _preprocess_for(FLAGS.checkpoint),
-      dataclasses.replace(predict_config(), num_workers=1, worker_index=0),
-      threshold=FLAGS.confidence_threshold,
-      images_per_class=FLAGS.images_per_class if FLAGS.balance else None,
-      duplicate=FLAGS.duplicate_to_balance, num_shards=FLAGS.num_shards, seed=FLAGS.seed,
-      checkpoint_format=FLAGS.checkpoint_format, model_args=_model_args(),
+      dataclasses.replace(predict_config(), num_workers=1, worker_index=0), filter_rule(),
+      num_shards=FLAGS.num_shards, checkpoint_format=FLAGS.checkpoint_format, model_args=_model_args(),
       num_classes=FLAGS.num_classes, beam_options=FLAGS.beam_options)
   _print({"images": result["predict"]["images"],
           **{k: v for k, v in result["filter"].items() if not isinstance(v, (list, dict))}})
@@ -438,11 +441,7 @@ def run_iterate():
       teacher, students, FLAGS.workdir, labeled_data=FLAGS.labeled_data,
       unlabeled_data=FLAGS.unlabeled_data, eval_data=FLAGS.eval_data,
       validation_data=FLAGS.validation_data, predict_config=predict_config(),
-      filter_args=dict(threshold=FLAGS.confidence_threshold,
-                       images_per_class=FLAGS.images_per_class if FLAGS.balance else None,
-                       duplicate=FLAGS.duplicate_to_balance, seed=FLAGS.seed),
-      strategy=_strategy(),
-      student_overrides=student_overrides, student_init=FLAGS.student_init)
+      filter_rule=filter_rule(), strategy=_strategy(), student_overrides=student_overrides, student_init=FLAGS.student_init)
   print("\n".join(summary["table"]))
 
 

@@ -29,6 +29,7 @@ Files are read and written with tf.io.gfile (local paths, gs://), not Beam's I/O
 worker needs the project's code and TensorFlow: see README for the runner options.
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -59,9 +60,9 @@ _SELECTED = "selected"
 _CLASSES = "classes"
 
 
-def run_beam(checkpoint, unlabeled_data, output_dir, preprocess_config, config, *,
-             threshold=0.3, images_per_class=130000, duplicate=True, num_shards=None, seed=0,
-             checkpoint_format="keras", model_args=None, num_classes=None, beam_options=()):
+def run_beam(checkpoint, unlabeled_data, output_dir, preprocess_config, config,
+             rule=filter_balance.FilterRule(), *, num_shards=None, checkpoint_format="keras",
+             model_args=None, num_classes=None, beam_options=()):
   """Runs predict then filter-and-balance as one Beam pipeline and waits for it.
 
   Args:
@@ -72,8 +73,7 @@ def run_beam(checkpoint, unlabeled_data, output_dir, preprocess_config, config, 
       resumes); the filter output is rewritten.
     preprocess_config: `data.preprocess.PreprocessConfig` (eval preprocessing).
     config: `predict.PredictConfig` with num_workers=1: the runner spreads the shards.
-    threshold, images_per_class, duplicate, num_shards, seed: as in
-      `filter_phase.filter_and_balance_phase`.
+    rule, num_shards: as in `filter_phase.filter_and_balance_phase`.
     checkpoint_format, model_args: as in `checkpoints.load_model`.
     num_classes: C; None reads it from the teacher (loaded here once in any case).
     beam_options: Beam pipeline options such as ["--runner=DataflowRunner", "--project=p"];
@@ -87,12 +87,8 @@ def run_beam(checkpoint, unlabeled_data, output_dir, preprocess_config, config, 
   """
   if config.num_workers != 1:
     raise ValueError("num_workers/worker_index do not apply to Beam: the runner spreads shards")
-  filter_balance.validate_threshold(threshold)
-  images_per_class = filter_balance.validate_images_per_class(images_per_class)
   if num_shards is not None and int(num_shards) < 1:
     raise ValueError(f"num_shards must be >= 1 or None, got {num_shards!r}")
-  if int(seed) < 0:
-    raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
   load = dict(checkpoint=checkpoint, checkpoint_format=checkpoint_format, model_args=model_args,
               num_classes=num_classes)
   # Loaded here once, also to fail before any work on a bad checkpoint, and so that a rerun into
@@ -106,8 +102,6 @@ def run_beam(checkpoint, unlabeled_data, output_dir, preprocess_config, config, 
   soft = filter_phase.SoftLabel(
       records.PROBABILITIES if config.top_k is None else records.TOP_K_PROBABILITIES,
       num_classes if config.top_k is None else min(config.top_k, num_classes))
-  rule = dict(num_classes=num_classes, threshold=threshold, images_per_class=images_per_class,
-              duplicate=duplicate, seed=int(seed))
   predict_dir = os.path.join(output_dir, PREDICT_DIR)
   filter_dir = os.path.join(output_dir, FILTER_DIR)
   predict.check_run_identity(predict_dir, predict.run_identity(teacher, preprocess_config, config))
@@ -118,43 +112,45 @@ def run_beam(checkpoint, unlabeled_data, output_dir, preprocess_config, config, 
     # DirectRunner would first try to download the Prism runner binary from GitHub.
     options.view_as(pipeline_options.StandardOptions).runner = DEFAULT_RUNNER
   with beam.Pipeline(options=options) as root:
-    _build(root, shards, predict_dir, filter_dir, load, preprocess_config, config, soft, rule,
-           num_shards)
+    _build(root, shards, predict_dir, filter_dir, load, preprocess_config, config, soft,
+           num_classes, rule, num_shards)
   return {"predict": _load_json(os.path.join(predict_dir, predict.summary_name(config))),
           "filter": _load_json(os.path.join(filter_dir, filter_phase.STATS))}
 
 
-def _build(root, shards, predict_dir, filter_dir, load, preprocess_config, config, soft, rule,
-           num_shards):
+def _build(root, shards, predict_dir, filter_dir, load, preprocess_config, config, soft,
+           num_classes, rule, num_shards):
   """Adds the pipeline's transforms to `root` (see the module docstring)."""
   predicted = (root | "Shards" >> beam.Create(list(enumerate(shards)))
                | "Predict" >> beam.ParDo(_Predict(load, preprocess_config, config, predict_dir)))
   summary = (predicted | "AllShards" >> beam.combiners.ToList()
-             | "Summary" >> beam.Map(_write_summary, predict_dir, rule["num_classes"], config))
+             | "Summary" >> beam.Map(_write_summary, predict_dir, num_classes, config))
   pairs = predicted | "Pairs" >> beam.MapTuple(
       lambda index, entry, *_: (index, filter_phase.ShardPair(
           os.path.join(predict_dir, entry["output"]), entry["input"], entry["count"])))
-  scanned = pairs | "Scan" >> beam.ParDo(_Scan(soft, rule)).with_outputs(_SELECTED, main="counts")
+  scanned = pairs | "Scan" >> beam.ParDo(_Scan(soft, num_classes, rule)).with_outputs(
+      _SELECTED, main="counts")
   counts = scanned.counts | "AddCounts" >> beam.CombineGlobally(_add_counts)
-  if rule["images_per_class"] is None:
+  if rule.images_per_class is None:
     kept = scanned[_SELECTED]  # Balancing off: every valid record above the threshold.
     classes = root | "NoClasses" >> beam.Create([[]])
   else:
     balanced = (scanned[_SELECTED]
-                | "TopPerClass" >> beam.combiners.Top.PerKey(rule["images_per_class"])
-                | "Balance" >> beam.ParDo(_Balance(rule)).with_outputs(_CLASSES, main="kept"))
+                | "TopPerClass" >> beam.combiners.Top.PerKey(rule.images_per_class)
+                | "Balance" >> beam.ParDo(_Balance(num_classes, rule)).with_outputs(
+                    _CLASSES, main="kept"))
     kept = balanced.kept
     classes = balanced[_CLASSES] | "AllClasses" >> beam.combiners.ToList()
   totals = (kept | "Copies" >> beam.MapTuple(lambda index, record: (index, record[1]))
             | "PerShard" >> beam.CombinePerKey(sum))
   written = ({"pair": pairs, "kept": kept} | "ByShard" >> beam.CoGroupByKey()
-             | "Join" >> beam.ParDo(_Join(soft, num_shards, len(shards), rule["seed"]),
+             | "Join" >> beam.ParDo(_Join(soft, num_shards, len(shards), rule.seed),
                                     totals=beam.pvalue.AsDict(totals))
              | "ByOutputShard" >> beam.GroupByKey()
-             | "Write" >> beam.ParDo(_WriteShard(filter_dir, rule["seed"])))
+             | "Write" >> beam.ParDo(_WriteShard(filter_dir, rule.seed)))
   _ = (root | "Once" >> beam.Create([None])
        | "Finish" >> beam.ParDo(
-           _Finish(filter_dir, soft, rule, num_shards),
+           _Finish(filter_dir, soft, num_classes, rule, num_shards),
            summary=beam.pvalue.AsSingleton(summary), pairs=beam.pvalue.AsList(pairs),
            counts=beam.pvalue.AsSingleton(counts), classes=beam.pvalue.AsSingleton(classes),
            totals=beam.pvalue.AsDict(totals), written=beam.pvalue.AsList(written)))
@@ -199,15 +195,15 @@ class _Scan(beam.DoFn):
   balancing off, (shard index, (record index, 1 copy)).
   """
 
-  def __init__(self, soft, rule):
+  def __init__(self, soft, num_classes, rule):
     self._soft = soft
-    self._rule = rule
+    self._num_classes = num_classes
+    self._rule = dataclasses.replace(rule, duplicate=False)  # Copies are decided per class.
 
   def process(self, element):
     index, pair = element
-    rule = dict(self._rule, duplicate=False)  # Copies are decided per class, later.
-    selector = filter_balance.Selector(rule.pop("num_classes"), **rule)
-    num_classes = self._rule["num_classes"]
+    selector = filter_balance.Selector(self._num_classes, self._rule)
+    num_classes = self._num_classes
     histogram = np.zeros((num_classes, filter_phase.HISTOGRAM_BINS), np.int64)
     filter_phase.scan_predictions([pair], self._soft, num_classes, selector, _READ_BATCH,
                                    histogram)  # Checks the count against summary.json's.
@@ -216,7 +212,7 @@ class _Scan(beam.DoFn):
            "invalid_probability": selection.invalid_probability,
            "invalid_label": selection.invalid_label, "histogram": histogram}
     first = index << _INDEX_BITS
-    balance = self._rule["images_per_class"] is not None
+    balance = self._rule.images_per_class is not None
     for local, label, confidence in zip(selection.record_ids.tolist(),
                                         selection.labels.tolist(),
                                         selection.confidences.tolist()):
@@ -237,7 +233,8 @@ class _Balance(beam.DoFn):
   """(label, the class's N best) -> (shard index, (record index, copies)) per kept record;
   tagged: (label, kept, written with copies)."""
 
-  def __init__(self, rule):
+  def __init__(self, num_classes, rule):
+    self._num_classes = num_classes
     self._rule = rule
 
   def process(self, element):
@@ -245,7 +242,8 @@ class _Balance(beam.DoFn):
     confidences = np.array([confidence for confidence, _ in best], np.float32)
     ids = -np.array([negated for _, negated in best], np.int64)
     selection = filter_balance.filter_and_balance(
-        [(np.full(len(ids), label, np.int64), confidences, ids)], **self._rule)
+        [(np.full(len(ids), label, np.int64), confidences, ids)],
+        num_classes=self._num_classes, rule=self._rule)
     mask = (1 << _INDEX_BITS) - 1
     for record_id, copies in zip(selection.record_ids.tolist(), selection.copies.tolist()):
       yield record_id >> _INDEX_BITS, (record_id & mask, copies)
@@ -302,9 +300,10 @@ class _WriteShard(beam.DoFn):
 class _Finish(beam.DoFn):
   """Writes the shards no record went to, manifest.json, stats.json and the plots, once."""
 
-  def __init__(self, filter_dir, soft, rule, num_shards):
+  def __init__(self, filter_dir, soft, num_classes, rule, num_shards):
     self._dir = filter_dir
     self._soft = soft
+    self._num_classes = num_classes
     self._rule = rule
     self._num_shards = num_shards
 
@@ -315,27 +314,27 @@ class _Finish(beam.DoFn):
     names = [records.shard_name(filter_phase.SHARD_PREFIX, j, count) for j in range(count)]
     for j in sorted(set(range(count)) - set(written)):  # Only when nothing was kept at all.
       records.write_atomically(os.path.join(self._dir, names[j]), [])
-    selection = _counts_only_selection(counts, classes, self._rule)
+    selection = _counts_only_selection(counts, classes, self._num_classes, self._rule)
     if selection.empty_classes:
       logging.warning("filter: %d classes have no kept record and stay empty: %s",
                       len(selection.empty_classes), selection.empty_classes[:20])
-    class_names = manifest_lib.class_names_for(pairs[0].unlabeled, self._rule["num_classes"])
+    class_names = manifest_lib.class_names_for(pairs[0].unlabeled, self._num_classes)
     filter_phase.save_summaries(self._dir, pairs, [pair.count for pair in pairs], selection,
                                  self._soft, names, class_names)
     plots.confidence_histograms(counts["histogram"],
                                 os.path.join(self._dir, "confidence_per_class.png"),
-                                threshold=self._rule["threshold"], class_names=class_names)
+                                threshold=self._rule.threshold, class_names=class_names)
     plots.class_counts(selection.after_threshold, selection.with_copies,
                        os.path.join(self._dir, "class_counts.png"), class_names=class_names)
     yield names
 
 
-def _counts_only_selection(counts, classes, rule):
+def _counts_only_selection(counts, classes, num_classes, rule):
   """A Selection holding the combined per-class counts: the kept records themselves stay in the
   pipeline, and manifest.json and stats.json read only the counts."""
-  kept = np.zeros(rule["num_classes"], np.int64)
-  with_copies = np.zeros(rule["num_classes"], np.int64)
-  if rule["images_per_class"] is None:
+  kept = np.zeros(num_classes, np.int64)
+  with_copies = np.zeros(num_classes, np.int64)
+  if rule.images_per_class is None:
     kept[:] = with_copies[:] = counts["after"]
   for label, unique, total in classes:
     kept[label], with_copies[label] = unique, total
@@ -345,8 +344,8 @@ def _counts_only_selection(counts, classes, rule):
       copies=none.astype(np.int32), before_threshold=counts["before"],
       after_threshold=counts["after"], kept_unique=kept, with_copies=with_copies,
       invalid_probability=int(counts["invalid_probability"]),
-      invalid_label=int(counts["invalid_label"]), threshold=rule["threshold"],
-      images_per_class=rule["images_per_class"], duplicate=rule["duplicate"], seed=rule["seed"])
+      invalid_label=int(counts["invalid_label"]), threshold=rule.threshold,
+      images_per_class=rule.images_per_class, duplicate=rule.duplicate, seed=rule.seed)
 
 
 def _load_json(path):

@@ -50,6 +50,31 @@ _NO_CUTOFF = np.iinfo(np.int64).max  # Above every key: admits everything.
 
 
 @dataclasses.dataclass(frozen=True)
+class FilterRule:
+  """The rule's settings (see the module docstring); every check on them is made here, once.
+
+  Attributes:
+    threshold: minimum confidence in [0, 1]; None or 0 keeps every valid record (stored as 0).
+    images_per_class: per-class target N; None turns balancing (and duplication) off.
+    duplicate: fill classes short of N by copies (ignored when balancing is off).
+    seed: non-negative int seeding the duplication draw (and the filter phase's shuffle).
+  """
+  threshold: float = 0.3
+  images_per_class: int | None = 130000
+  duplicate: bool = True
+  seed: int = 0
+
+  def __post_init__(self):
+    if isinstance(self.seed, bool) or int(self.seed) != self.seed or self.seed < 0:
+      raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+    object.__setattr__(self, "threshold", validate_threshold(self.threshold))
+    object.__setattr__(self, "images_per_class",
+                       validate_images_per_class(self.images_per_class))
+    object.__setattr__(self, "duplicate", bool(self.duplicate))
+    object.__setattr__(self, "seed", int(self.seed))
+
+
+@dataclasses.dataclass(frozen=True)
 class Selection:
   """What to write: kept records with their copy counts, and per-class statistics.
 
@@ -65,7 +90,7 @@ class Selection:
     invalid_probability: records skipped for a NaN, infinite or negative confidence (the phase
       routes NaN or negative soft-label values here too).
     invalid_label: records skipped for a hard label outside [0, num_classes).
-    threshold, images_per_class, duplicate, seed: the arguments used.
+    threshold, images_per_class, duplicate, seed: the rule used.
   """
   record_ids: np.ndarray
   labels: np.ndarray
@@ -176,10 +201,7 @@ class Selector:
 
   Args:
     num_classes: number of classes C; labels outside [0, C) are invalid.
-    threshold: minimum confidence in [0, 1]; None or 0 keeps every valid record.
-    images_per_class: per-class target N; None turns balancing (and duplication) off.
-    duplicate: fill classes short of N by copies (ignored when balancing is off).
-    seed: non-negative int; seeds the duplication draw.
+    rule: a `FilterRule`.
     compaction_buffer: a tuning knob, the smallest admitted backlog worth a compaction.
 
   Attributes:
@@ -187,18 +209,16 @@ class Selector:
     peak_candidates: the most records held at once, a chunk's admitted records included.
   """
 
-  def __init__(self, num_classes, *, threshold=0.3, images_per_class=130000, duplicate=True,
-               seed=0, compaction_buffer=DEFAULT_COMPACTION_BUFFER):
+  def __init__(self, num_classes, rule=FilterRule(), *,
+               compaction_buffer=DEFAULT_COMPACTION_BUFFER):
     if not 1 <= int(num_classes) < 1 << 31:
       raise ValueError(f"num_classes must be in [1, 2**31), got {num_classes!r}")
-    if int(seed) < 0:
-      raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     self._num_classes = int(num_classes)
-    self._threshold_arg = threshold
-    self._threshold = _float32_at_least(validate_threshold(threshold))
-    self._per_class = validate_images_per_class(images_per_class)
-    self._duplicate = bool(duplicate)
-    self._seed = int(seed)
+    self._rule = rule
+    self._threshold = _float32_at_least(rule.threshold)
+    self._per_class = rule.images_per_class
+    self._duplicate = rule.duplicate
+    self._seed = rule.seed
     self._compaction_buffer = int(compaction_buffer)
     zeros = lambda: np.zeros(self._num_classes, np.int64)
     self._before, self._after, self._held = zeros(), zeros(), zeros()
@@ -269,7 +289,7 @@ class Selector:
         before_threshold=self._before.copy(), after_threshold=self._after.copy(),
         kept_unique=kept, with_copies=with_copies,
         invalid_probability=self._invalid_probability, invalid_label=self._invalid_label,
-        threshold=self._threshold_arg, images_per_class=self._per_class,
+        threshold=self._rule.threshold, images_per_class=self._per_class,
         duplicate=self._duplicate, seed=self._seed)
 
   def _check_open(self):
@@ -318,23 +338,10 @@ class Selector:
     self._held = np.minimum(counts, target)
 
 
-def filter_and_balance(chunks, *, num_classes, threshold=0.3, images_per_class=130000,
-                       duplicate=True, seed=0):
-  """Applies the rule to an iterable of (labels, confidences, record_ids) chunks.
-
-  Args:
-    chunks: iterable of (labels int, confidences float, record_ids int) 1-D array triples.
-    num_classes: number of classes C.
-    threshold: minimum confidence in [0, 1]; None or 0 turns thresholding off.
-    images_per_class: per-class target N; None turns balancing and duplication off.
-    duplicate: fill classes short of N by copies.
-    seed: non-negative int seeding the duplication draw.
-
-  Returns:
-    A Selection.
-  """
-  selector = Selector(num_classes, threshold=threshold, images_per_class=images_per_class,
-                      duplicate=duplicate, seed=seed)
+def filter_and_balance(chunks, *, num_classes, rule=FilterRule()):
+  """Applies `rule` (a `FilterRule`) to an iterable of (labels, confidences, record_ids) chunks,
+  1-D array triples of C classes. Returns a Selection."""
+  selector = Selector(num_classes, rule)
   for labels, confidences, record_ids in chunks:
     selector.add(labels, confidences, record_ids)
   return selector.result()

@@ -72,8 +72,8 @@ class SoftLabel:
     return self.field == records.TOP_K_PROBABILITIES
 
 
-def filter_and_balance_phase(predictions, unlabeled_data, output_dir, *, threshold=0.3,
-                             images_per_class=130000, duplicate=True, num_shards=None, seed=0,
+def filter_and_balance_phase(predictions, unlabeled_data, output_dir,
+                             rule=filter_balance.FilterRule(), *, num_shards=None,
                              num_classes=None, batch_size=1024):
   """Filters pseudo labels by confidence, balances classes, and writes training shards.
 
@@ -85,13 +85,10 @@ def filter_and_balance_phase(predictions, unlabeled_data, output_dir, *, thresho
       them from summary.json. Shards are paired with prediction shards in sorted order; the key
       of every record is checked.
     output_dir: where the training shards, manifest.json and stats.json go.
-    threshold: keep records with confidence >= threshold, in [0, 1]; None or 0 keeps all.
-    images_per_class: per-class target N: the N most confident records per hard label are kept.
-      None turns balancing (and duplication) off.
-    duplicate: fill classes with fewer than N kept records to exactly N by copies.
+    rule: a `filter_balance.FilterRule` (threshold, images per class, duplication, seed); its
+      seed also seeds the shard assignment and the shuffle.
     num_shards: output shards; None: as many as input shards; never more than output records.
       Pass 2 keeps one spill file per output shard open, and shuffles one shard in memory.
-    seed: non-negative int seeding the duplication draw, the shard assignment and the shuffle.
     num_classes: C; None: from summary.json or the width of `probabilities` (required for top-k
       predictions without summary.json).
     batch_size: records per tf.data batch when reading.
@@ -103,8 +100,6 @@ def filter_and_balance_phase(predictions, unlabeled_data, output_dir, *, thresho
     ValueError: bad arguments, shards that do not pair up (count or key mismatch, naming both
       files and the record index), or unreadable prediction records.
   """
-  filter_balance.validate_threshold(threshold)
-  filter_balance.validate_images_per_class(images_per_class)
   if num_shards is not None and int(num_shards) < 1:
     raise ValueError(f"num_shards must be >= 1 or None, got {num_shards!r}")
   pairs, summary = _resolve_pairs(predictions, unlabeled_data)
@@ -112,9 +107,7 @@ def filter_and_balance_phase(predictions, unlabeled_data, output_dir, *, thresho
   soft = _soft_label_format(pairs, first_predictions)
   _check_first_keys(pairs, first_predictions)
   num_classes = _num_classes(num_classes, summary, soft)
-  selector = filter_balance.Selector(num_classes, threshold=threshold,
-                                     images_per_class=images_per_class, duplicate=duplicate,
-                                     seed=seed)
+  selector = filter_balance.Selector(num_classes, rule)
   histogram = np.zeros((num_classes, HISTOGRAM_BINS), np.int64)
   counts = scan_predictions(pairs, soft, num_classes, selector, batch_size, histogram)
   selection = selector.result()
@@ -122,13 +115,13 @@ def filter_and_balance_phase(predictions, unlabeled_data, output_dir, *, thresho
     logging.warning("filter: %d classes have no kept record and stay empty: %s",
                     len(selection.empty_classes), selection.empty_classes[:20])
   shard_names = _write_training_shards(pairs, counts, selection, soft, output_dir, num_shards,
-                                       seed, batch_size)
+                                       rule.seed, batch_size)
   # The unlabeled data's manifest names the classes when it came from labeled data (as the
   # converter's splits do); the filter's manifest and plots carry the names on.
   class_names = manifest_lib.class_names_for(pairs[0].unlabeled, num_classes)
   stats = save_summaries(output_dir, pairs, counts, selection, soft, shard_names, class_names)
   plots.confidence_histograms(histogram, os.path.join(output_dir, "confidence_per_class.png"),
-                              threshold=threshold, class_names=class_names)
+                              threshold=rule.threshold, class_names=class_names)
   plots.class_counts(selection.after_threshold, selection.with_copies,
                      os.path.join(output_dir, "class_counts.png"), class_names=class_names)
   return stats

@@ -24,6 +24,7 @@ from data import manifest as manifest_lib
 from data import records
 from noisy_student import checkpoints
 from noisy_student import evaluate
+from noisy_student import filter_balance
 from noisy_student import filter_phase
 from noisy_student import plots
 from noisy_student import predict
@@ -201,7 +202,7 @@ def summary_table(rounds):
 
 
 def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_data, eval_data,
-            filter_args, validation_data=None, predict_config=None, strategy=None,
+            filter_rule=None, validation_data=None, predict_config=None, strategy=None,
             student_overrides=None, student_init="scratch"):
   """Runs K = len(student_models) Noisy Student rounds.
 
@@ -214,7 +215,7 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
       the workers' split is iterate's own.
     validation_data: a held-out labeled split evaluated beside eval_data in every round (choices
       are made on it, and the teacher check uses it), optional.
-    filter_args: keyword arguments of `filter_phase.filter_and_balance_phase`.
+    filter_rule: `filter_balance.FilterRule` of every round's filter (default: the paper's).
     strategy: tf.distribute strategy for training; under MultiWorkerMirroredStrategy, see the
       module docstring.
     student_overrides: TrainConfig fields to change for students (e.g. epochs).
@@ -233,7 +234,8 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
   settings = {
       "teacher_config": dataclasses.asdict(teacher_config), "student_models": list(student_models),
       "labeled_data": labeled_data, "unlabeled_data": unlabeled_data, "eval_data": eval_data,
-      "validation_data": validation_data, "filter_args": filter_args,
+      "validation_data": validation_data,
+      "filter_rule": dataclasses.asdict(filter_rule or filter_balance.FilterRule()),
       "predict_config": dataclasses.asdict(predict_config or predict.PredictConfig()),
       "student_overrides": student_overrides or {}, "student_init": student_init}
   check_settings(workdir, settings, write=worker.chief)
@@ -268,7 +270,8 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
     check_teacher(metrics, checkpoints.load_run_config(teacher_dir)["num_classes"], teacher_dir)
     _phase(predict_dir, run_predict, worker, everyone=True)
     stats = _phase(filter_dir, lambda: filter_phase.filter_and_balance_phase(
-        predict_dir, unlabeled_data, filter_dir, **filter_args), worker)
+        predict_dir, unlabeled_data, filter_dir, filter_rule or filter_balance.FilterRule()),
+                   worker)
     config = dataclasses.replace(teacher_config, model=student, **(student_overrides or {}))
     init = teacher_dir if student_init == "teacher" else None
     _phase(student_dir, lambda: train.train(config, labeled_data, student_dir,
