@@ -55,8 +55,9 @@ def run_case(num_records, images_per_class, glibc_default=False):
   if not glibc_default:
     filter_balance.return_freed_memory_promptly()  # as main.py --mode=filter does
   baseline = _peak_rss_mib()
-  selector = filter_balance.Selector(NUM_CLASSES, threshold=0.3,
-                                     images_per_class=images_per_class, duplicate=True, seed=0)
+  rule = filter_balance.FilterRule(threshold=0.3, images_per_class=images_per_class,
+                                   duplicate=True, seed=0)
+  selector = filter_balance.Selector(NUM_CLASSES, rule)
   core_s = core_cpu_s = 0.0
   for chunk in _chunks(num_records):
     start, start_cpu = time.perf_counter(), time.process_time()

@@ -62,8 +62,9 @@ def _chunks(rng, arrays, max_cuts):
   return [tuple(a[lo:hi] for a in arrays) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
-def _select(arrays, chunks_rng, *, compaction_buffer=4, max_cuts=12, **rule):
-  selector = filter_balance.Selector(compaction_buffer=compaction_buffer, **rule)
+def _select(arrays, chunks_rng, *, num_classes, compaction_buffer=4, max_cuts=12, **rule):
+  selector = filter_balance.Selector(num_classes, filter_balance.FilterRule(**rule),
+                                     compaction_buffer=compaction_buffer)
   for chunk in _chunks(chunks_rng, arrays, max_cuts):
     selector.add(*chunk)
   return selector.result()
@@ -113,8 +114,8 @@ def test_selector_duplicates_short_classes_to_exact_target_and_reports_empty_one
   labels = np.array([0, 0, 0, 1, 2, 2, 2, 2, 2])
   confidences = np.array([0.9, 0.8, 0.7, 0.1, 0.9, 0.95, 0.6, 0.9, 0.35])
   selection = filter_balance.filter_and_balance(
-      [(labels, confidences, np.arange(9))], num_classes=4, threshold=0.3, images_per_class=4,
-      duplicate=True, seed=3)
+      [(labels, confidences, np.arange(9))], num_classes=4,
+      rule=filter_balance.FilterRule(threshold=0.3, images_per_class=4, duplicate=True, seed=3))
   np.testing.assert_array_equal(selection.record_ids, [0, 1, 2, 4, 5, 6, 7])
   # Class 0: 3 kept -> one copy each plus one extra; class 2: the 4 most confident, 4 and 7 tie
   # at 0.9 and both fit, 8 (0.35) is dropped.
@@ -131,7 +132,8 @@ def test_selector_breaks_ties_by_record_id_whatever_the_arrival_order():
   confidences = np.full(6, 0.5)
   ids = np.array([50, 10, 40, 20, 60, 30])
   for chunking in ([slice(0, 6)], [slice(0, 1), slice(1, 4), slice(4, 6)]):
-    selector = filter_balance.Selector(1, threshold=0.3, images_per_class=3, compaction_buffer=1)
+    selector = filter_balance.Selector(
+        1, filter_balance.FilterRule(threshold=0.3, images_per_class=3), compaction_buffer=1)
     for part in chunking:
       selector.add(np.zeros(len(ids[part]), int), confidences[part], ids[part])
     np.testing.assert_array_equal(selector.result().record_ids, [10, 20, 30])
@@ -141,7 +143,7 @@ def test_threshold_compares_float32_confidences_exactly():
   below = np.float32(0.7)  # 0.69999998...
   selection = filter_balance.filter_and_balance(
       [([0, 0], [below, np.nextafter(below, np.float32(1))], [0, 1])], num_classes=1,
-      threshold=0.7, images_per_class=None)
+      rule=filter_balance.FilterRule(threshold=0.7, images_per_class=None))
   np.testing.assert_array_equal(selection.record_ids, [1])
 
 
@@ -162,8 +164,9 @@ def test_selector_is_deterministic_and_seed_only_moves_the_remainder_copies():
 def test_selector_memory_stays_bounded_by_classes_times_target():
   num_classes, target, buffer, chunk = 10, 100, 500, 1000
   bound = num_classes * target + max(num_classes * target // 8, buffer)
-  selector = filter_balance.Selector(num_classes, threshold=0.0, images_per_class=target,
-                                     compaction_buffer=buffer)
+  selector = filter_balance.Selector(
+      num_classes, filter_balance.FilterRule(threshold=0.0, images_per_class=target),
+      compaction_buffer=buffer)
   rng = np.random.default_rng(0)
   fed = []
   for step in range(300):
@@ -188,13 +191,13 @@ def test_selector_memory_stays_bounded_by_classes_times_target():
 @pytest.mark.parametrize("threshold", [-0.1, 1.5, float("nan")])
 def test_threshold_outside_unit_interval_raises_naming_it(threshold):
   with pytest.raises(ValueError, match=str(threshold)):
-    filter_balance.Selector(3, threshold=threshold)
+    filter_balance.FilterRule(threshold=threshold)
 
 
 @pytest.mark.parametrize("images_per_class", [0, -5, 2.5])
 def test_bad_images_per_class_raises(images_per_class):
   with pytest.raises(ValueError, match="images_per_class"):
-    filter_balance.Selector(3, images_per_class=images_per_class)
+    filter_balance.FilterRule(images_per_class=images_per_class)
 
 
 def test_selector_rejects_malformed_chunks_and_repeated_ids():
@@ -212,7 +215,7 @@ def test_selector_rejects_malformed_chunks_and_repeated_ids():
 def test_invalid_records_are_counted_and_never_kept():
   selection = filter_balance.filter_and_balance(
       [([0, 0, 1, 1, 5, -1], [np.nan, -0.5, np.inf, 0.9, 0.9, 0.9], np.arange(6))],
-      num_classes=2, threshold=None, images_per_class=None)
+      num_classes=2, rule=filter_balance.FilterRule(threshold=None, images_per_class=None))
   np.testing.assert_array_equal(selection.record_ids, [3])
   assert selection.invalid_probability == 3 and selection.invalid_label == 2
   assert selection.stats()["totals"]["invalid"] == 5
@@ -286,8 +289,8 @@ def phase_run(tmp_path_factory):
   root = tmp_path_factory.mktemp("phase")
   truth = _write_inputs(root, corrupt=CORRUPT)
   stats = filter_phase.filter_and_balance_phase(
-      str(root / "predictions"), None, str(root / "out"), num_shards=3, batch_size=4,
-      **PHASE_RULE)
+      str(root / "predictions"), None, str(root / "out"),
+      filter_balance.FilterRule(**PHASE_RULE), num_shards=3, batch_size=4)
   return root, truth, stats
 
 
@@ -326,8 +329,9 @@ def test_phase_names_classes_as_the_unlabeled_manifest_does(tmp_path, plot_label
   names = [f"kind {c}" for c in range(named)]
   manifest_lib.save_manifest(str(tmp_path / "unlabeled"),
                              {"class_names": names, "num_classes": named, "splits": {}})
-  filter_phase.filter_and_balance_phase(str(tmp_path / "predictions"), None, str(tmp_path / "out"),
-                                        threshold=0, images_per_class=None)
+  filter_phase.filter_and_balance_phase(
+      str(tmp_path / "predictions"), None, str(tmp_path / "out"),
+      filter_balance.FilterRule(threshold=0, images_per_class=None))
   manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
   expected = names if named == NUM_CLASSES else None
   assert manifest["class_names"] == (expected or [])
@@ -353,9 +357,9 @@ def test_phase_output_bytes_depend_only_on_inputs_and_seed(phase_run):
   for name, seed in (("out", None), ("again", 1), ("other_seed", 2)):
     out = root / name
     if seed is not None:
-      filter_phase.filter_and_balance_phase(str(root / "predictions"), None, str(out),
-                                            num_shards=3, batch_size=5,
-                                            **dict(PHASE_RULE, seed=seed))
+      filter_phase.filter_and_balance_phase(
+          str(root / "predictions"), None, str(out),
+          filter_balance.FilterRule(**dict(PHASE_RULE, seed=seed)), num_shards=3, batch_size=5)
     runs[name] = {n: (out / n).read_bytes() for n in sorted(os.listdir(out))}
   assert runs["out"] == runs["again"]
   shards = [n for n in runs["out"] if n.endswith(".tfrecord")]
@@ -372,8 +376,9 @@ def test_phase_takes_explicit_lists_with_top_k_and_no_balancing(tmp_path):
   (out / "notes.txt").write_text("not ours")
   manifest_lib.save_manifest(str(out), {"splits": {"train": {"shards": [stale]}}})
   stats = filter_phase.filter_and_balance_phase(
-      predictions, str(tmp_path / "unlabeled" / "*.tfrecord"), str(out), threshold=None,
-      images_per_class=None, num_classes=NUM_CLASSES, batch_size=3)
+      predictions, str(tmp_path / "unlabeled" / "*.tfrecord"), str(out),
+      filter_balance.FilterRule(threshold=None, images_per_class=None), num_classes=NUM_CLASSES,
+      batch_size=3)
   names = json.loads((out / "manifest.json").read_text())["splits"]["train"]["shards"]
   assert len(names) == 2
   assert sorted(os.listdir(out)) == sorted(names + [
@@ -413,7 +418,7 @@ def test_phase_key_mismatch_names_both_files_and_writes_nothing(tmp_path):
   out = tmp_path / "out"
   with pytest.raises(ValueError, match="record 5 ") as error:
     filter_phase.filter_and_balance_phase(str(tmp_path / "predictions"), None, str(out),
-                                          batch_size=4, **PHASE_RULE)
+                                          filter_balance.FilterRule(**PHASE_RULE), batch_size=4)
   assert prediction in str(error.value) and str(tmp_path / "unlabeled" / name) in str(error.value)
   assert not out.exists() or not os.listdir(out)
 
@@ -425,13 +430,15 @@ def test_phase_short_prediction_shard_is_an_error_naming_it(tmp_path):
   records.write_atomically(prediction, serialized[:-1])
   with pytest.raises(ValueError, match="summary.json lists 14") as error:
     filter_phase.filter_and_balance_phase(str(tmp_path / "predictions"), None,
-                                          str(tmp_path / "out"), **PHASE_RULE)
+                                          str(tmp_path / "out"),
+                                          filter_balance.FilterRule(**PHASE_RULE))
   assert prediction in str(error.value) and not (tmp_path / "out").exists()
   # Without summary.json the record-by-record pass catches it, still before any final file.
   (tmp_path / "predictions" / "summary.json").unlink()
   with pytest.raises(ValueError, match="ends at record 13") as error:
     filter_phase.filter_and_balance_phase(str(tmp_path / "predictions"),
                                           str(tmp_path / "unlabeled"), str(tmp_path / "out"),
-                                          num_classes=NUM_CLASSES, batch_size=4, **PHASE_RULE)
+                                          filter_balance.FilterRule(**PHASE_RULE),
+                                          num_classes=NUM_CLASSES, batch_size=4)
   assert prediction in str(error.value)
   assert not os.listdir(tmp_path / "out")
