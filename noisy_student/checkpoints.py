@@ -9,6 +9,7 @@ import tensorflow as tf
 import efficientnet
 from data import preprocess
 
+FORMATS = ("keras", "reference")  # --checkpoint_format
 FINAL_MODEL = "model.keras"      # a train run's final model, EMA weights
 RUN_CONFIG = "train_config.json"  # what a train run was asked to do
 
@@ -48,7 +49,7 @@ def load_model(checkpoint, *, checkpoint_format="keras", model_args=None, num_cl
     path = resolve_model_file(checkpoint)
     model = keras.models.load_model(path, compile=False)
   else:
-    raise ValueError(f"checkpoint_format must be 'keras' or 'reference', got {checkpoint_format!r}")
+    raise ValueError(f"checkpoint_format must be one of {FORMATS}, got {checkpoint_format!r}")
   check_classes(model, num_classes, checkpoint)
   return model
 

@@ -41,6 +41,8 @@ from noisy_student import schedules
 
 MAX_STEPS_PER_KERAS_EPOCH = 1000  # backups and TensorBoard points at least this often
 NORMALIZATIONS = ("manifest", "imagenet", "svhn")
+# --mixed_precision -> the Keras dtype policy (weights and logits stay float32).
+PRECISION_POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,8 +236,7 @@ def worker_split(strategy):
 
 
 def _set_precision(mixed_precision):
-  policies = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-  keras.config.set_dtype_policy(policies[mixed_precision])
+  keras.config.set_dtype_policy(PRECISION_POLICIES[mixed_precision])
 
 
 def _fit_under_multi_worker(model, dataset):

@@ -209,6 +209,33 @@ def test_unknown_flag_in_a_flagfile_names_it(tmp_path):
   assert result.returncode != 0 and "confidence_treshold" in result.stderr
 
 
+def test_flag_choices_are_the_modules_own():
+  """main.py lists the choices of its enum flags itself (it imports no TensorFlow before a flag
+  parses); these must stay the lists of the modules that act on them."""
+  from data import convert  # pylint: disable=g-import-not-at-top
+  from data import pipeline  # pylint: disable=g-import-not-at-top
+  from noisy_student import checkpoints  # pylint: disable=g-import-not-at-top
+  from noisy_student import distribute  # pylint: disable=g-import-not-at-top
+  from noisy_student import losses  # pylint: disable=g-import-not-at-top
+  from noisy_student import robustness  # pylint: disable=g-import-not-at-top
+  from noisy_student import train  # pylint: disable=g-import-not-at-top
+  choices = lambda name: tuple(flags.FLAGS[name].parser.enum_values)
+  assert choices("source") == convert.SOURCES
+  assert choices("strategy") == distribute.STRATEGIES
+  assert choices("normalization") == train.NORMALIZATIONS
+  assert choices("mixed_precision") == tuple(train.PRECISION_POLICIES)
+  assert choices("pseudo_labels") == pipeline.PSEUDO_LABELS == losses.PSEUDO_LABEL_MODES
+  assert choices("checkpoint_format") == checkpoints.FORMATS
+  assert main.ROBUSTNESS == robustness.KINDS
+  assert set(choices("corruption_table")) - {"auto"} == set(corruptions_tables())
+  assert choices("mode") == tuple(main._MODES)  # pylint: disable=protected-access
+
+
+def corruptions_tables():
+  from data import corruptions  # pylint: disable=g-import-not-at-top
+  return corruptions.SEVERITY_TABLES
+
+
 def test_flags_md_documents_exactly_main_flags():
   documented = {}
   for line in (ROOT / "flags.md").read_text().splitlines():
