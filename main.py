@@ -324,9 +324,10 @@ def run_train(finetune=False):
 
 
 def _model_args():
-  """build_model arguments for --checkpoint_format=reference."""
-  return dict(variant=FLAGS.model, image_size=FLAGS.image_size, small_image=FLAGS.small_image,
-              width_coefficient=FLAGS.width_coefficient,
+  """build_model arguments for --checkpoint_format=reference (the variant's own resolution:
+  --image_size may be a student's)."""
+  return dict(variant=FLAGS.model, image_size=FLAGS.inference_image_size,
+              small_image=FLAGS.small_image, width_coefficient=FLAGS.width_coefficient,
               depth_coefficient=FLAGS.depth_coefficient)
 
 
@@ -338,15 +339,18 @@ def _model_for(checkpoint, num_classes=None):
                                 model_args=_model_args(), num_classes=num_classes)
 
 
-def _preprocess_for(checkpoint):
-  """How `checkpoint` sees images (checkpoints.eval_preprocessing): its own run's size and
-  normalisation, or the variant's for a checkpoint without one; --inference_image_size overrides
-  the size, --image_size does not (it is the model being trained's)."""
+def _preprocess_for(checkpoint, model=None):
+  """How `checkpoint` (loaded as `model`) sees images (checkpoints.eval_preprocessing): its own
+  run's size and normalisation, or those of the model as built; --inference_image_size
+  overrides the size, --image_size does not (it is the model being trained's). Without `model`
+  the checkpoint is loaded only when it has no run of its own to read."""
   from noisy_student import checkpoints  # pylint: disable=g-import-not-at-top
+  if model is None and (FLAGS.checkpoint_format != "keras"
+                        or checkpoints.load_run_config(checkpoint) is None):
+    model = _model_for(checkpoint, FLAGS.num_classes)
   return checkpoints.eval_preprocessing(
-      checkpoint, checkpoint_format=FLAGS.checkpoint_format, variant=FLAGS.model,
-      small_image=FLAGS.small_image, pad_crop=FLAGS.pad_crop, normalization=FLAGS.normalization,
-      image_size=FLAGS.inference_image_size)
+      checkpoint, model, checkpoint_format=FLAGS.checkpoint_format, pad_crop=FLAGS.pad_crop,
+      normalization=FLAGS.normalization, image_size=FLAGS.inference_image_size)
 
 
 def run_predict():
@@ -356,7 +360,7 @@ def run_predict():
   config = predict_config()
   model = _model_for(FLAGS.checkpoint, FLAGS.num_classes)
   summary = predict.predict_phase(model, FLAGS.unlabeled_data, FLAGS.output,
-                                  _preprocess_for(FLAGS.checkpoint), config)
+                                  _preprocess_for(FLAGS.checkpoint, model), config)
   _print({k: summary[k] for k in ("images", "images_per_second")})
 
 
@@ -379,8 +383,8 @@ def run_beam():
   result = beam_pipeline.run_beam(
       FLAGS.checkpoint, FLAGS.unlabeled_data, FLAGS.output, _preprocess_for(FLAGS.checkpoint),
       dataclasses.replace(predict_config(), num_workers=1, worker_index=0), filter_rule(),
-      num_shards=FLAGS.num_shards, checkpoint_format=FLAGS.checkpoint_format, model_args=_model_args(),
-      num_classes=FLAGS.num_classes, beam_options=FLAGS.beam_options)
+      num_shards=FLAGS.num_shards, checkpoint_format=FLAGS.checkpoint_format,
+      model_args=_model_args(), num_classes=FLAGS.num_classes, beam_options=FLAGS.beam_options)
   _print({"images": result["predict"]["images"],
           **{k: v for k, v in result["filter"].items() if not isinstance(v, (list, dict))}})
 
@@ -397,7 +401,7 @@ def run_eval():
   from data import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
   from noisy_student import evaluate  # pylint: disable=g-import-not-at-top
   model = _model_for(FLAGS.checkpoint, _manifest_classes(FLAGS.eval_data))
-  prep = _preprocess_for(FLAGS.checkpoint)
+  prep = _preprocess_for(FLAGS.checkpoint, model)
   output = FLAGS.output or FLAGS.workdir
   # None for a glob, or a manifest without names for the model's classes.
   class_names = manifest_lib.class_names_for(FLAGS.eval_data, model.output_shape[-1])

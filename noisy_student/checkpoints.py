@@ -74,17 +74,19 @@ def load_run_config(checkpoint):
     return json.load(f)
 
 
-def eval_preprocessing(checkpoint, *, checkpoint_format="keras", variant=None, small_image=False,
-                       pad_crop=None, normalization="imagenet", image_size=None):
+def eval_preprocessing(checkpoint, model=None, *, checkpoint_format="keras", pad_crop=None,
+                       normalization="imagenet", image_size=None):
   """How a checkpoint sees images: the one answer for predict, eval, beam and iterate.
 
   A train run of ours is seen as it was trained: its own image size, small-image preprocessing
   and mean/std from its train_config.json, whatever the flags of the command that loads it say
   (a student's recipe must not change the size its teacher predicts at). Otherwise (a .keras
-  file without its run, a reference checkpoint) the arguments decide: `variant`'s resolution (32
-  with `small_image`) and the `normalization` named ("imagenet", "svhn"; "manifest" has no
-  manifest to read here and means "imagenet"). `image_size`, when given, overrides the size in
-  both cases (--inference_image_size).
+  file without its run, a reference checkpoint) the loaded `model` decides the size and
+  small-image preprocessing (`EfficientNet.image_size`: the size it was built for, else its
+  variant's, 32 for the small-image model), `pad_crop` may override the latter, and
+  `normalization` names the mean/std ("imagenet", "svhn"; "manifest" has no manifest to read
+  here and means "imagenet"). `image_size`, when given, overrides the size in both cases
+  (--inference_image_size).
   """
   run = load_run_config(checkpoint) if checkpoint_format == "keras" else None
   if run is not None:
@@ -92,8 +94,11 @@ def eval_preprocessing(checkpoint, *, checkpoint_format="keras", variant=None, s
     small = config["small_image"] if config.get("pad_crop") is None else config["pad_crop"]
     size, mean, std = run["image_size"], run["mean"], run["std"]
   else:
-    small = small_image if pad_crop is None else pad_crop
-    size = 32 if small_image else efficientnet.get_variant(variant).resolution
+    if model is None:
+      raise ValueError(f"{checkpoint!r} has no {RUN_CONFIG}: its model is needed to see its size")
+    built_small = bool(model.efficientnet_config["small_image"])
+    small = built_small if pad_crop is None else pad_crop
+    size = model.image_size
     mean, std = preprocess.NORMALIZATIONS["imagenet" if normalization == "manifest"
                                           else normalization]
   return preprocess.PreprocessConfig(image_size=image_size or size, small_image=small,

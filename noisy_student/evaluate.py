@@ -17,7 +17,8 @@ def classification_metrics(logits, labels):
   Top-k follows argmax semantics: classes are ranked by logit, ties broken towards the lower
   class index (what `np.argmax` and a stable descending sort do), and a row is top-k correct when
   its true class is among the first k. A row with any non-finite logit (NaN, +-inf) is wrong at
-  every k: a broken model must never score well. Its loss is NaN, so the mean loss shows it too.
+  every k: a broken model must never score well. `num_non_finite` counts those rows; the loss is
+  what their logits give (NaN for a NaN or +inf logit, so the mean loss shows it too).
   """
   logits = np.asarray(logits, np.float64)
   labels = np.asarray(labels, np.int64)

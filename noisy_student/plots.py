@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from data import corruptions as corruptions_lib  # noqa: E402
 from data import records  # noqa: E402
 
 
@@ -118,3 +119,95 @@ def accuracy_per_round(rounds, path):
   ax.set_title("accuracy per Noisy Student round", fontsize=9)
   return _save(figure, path)
 
+
+def _plot_corruptions(axes, runs):
+  corruptions = runs[0][1]["errors"]
+  for ax, name in zip(axes, corruptions):
+    for label, result in runs:
+      by_severity = result["errors"].get(name, {})
+      severities = sorted(by_severity, key=int)
+      line, = ax.plot([int(s) for s in severities], [100 * by_severity[s] for s in severities],
+                      marker="o", label=label)
+      if "clean_error" in result:  # a pre-made set has none of its own
+        ax.axhline(100 * result["clean_error"], color=line.get_color(), linestyle=":",
+                   linewidth=1)
+    ax.set_title(name, fontsize=9)
+    ax.set_xlabel("severity")
+    ax.set_ylabel("top-1 error (%)")
+    ax.set_xticks(list(corruptions_lib.SEVERITIES))
+
+
+def _plot_bars(ax, runs, key, title, ylabel):
+  names = list(runs[0][1][key])
+  width = 0.8 / len(runs)
+  for i, (label, result) in enumerate(runs):
+    values = [100 * result[key].get(n, np.nan) for n in names]
+    ax.bar(np.arange(len(names)) + i * width, values, width, label=label)
+  ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=30, fontsize=8)
+  ax.set_title(title, fontsize=9)
+  ax.set_ylabel(ylabel)
+
+
+def _plot_fgsm(ax, runs):
+  for label, result in runs:
+    epsilons = sorted(result["accuracy"], key=float)
+    ax.plot([0] + [float(e) for e in epsilons],
+            [100 * result["clean_accuracy"]] + [100 * result["accuracy"][e] for e in epsilons],
+            marker="o", label=label)
+  ax.set_title("FGSM", fontsize=9)
+  ax.set_xlabel("epsilon (pixels of 255)")
+  ax.set_ylabel("top-1 accuracy (%)")
+
+
+def _robustness_summary(results):
+  parts = []
+  if results.get("corruptions"):
+    parts.append(f"mean corruption error {100 * results['corruptions']['mean_error']:.1f}%")
+    if "mce" in results["corruptions"]:
+      parts.append(f"mCE {100 * results['corruptions']['mce']:.1f}%")
+  if results.get("perturbations"):
+    parts.append(f"mean flip rate {100 * results['perturbations']['mean_flip_rate']:.2f}%")
+    if "mfr" in results["perturbations"]:
+      parts.append(f"mFR {100 * results['perturbations']['mfr']:.1f}%")
+  return ", ".join(parts)
+
+
+def robustness(results, path, baseline_results=None, *, labels=("model", "baseline")):
+  """Writes a PNG of `evaluate_robustness` results: error by corruption and severity (one panel
+  per corruption; dotted: clean error), flip rate per perturbation and FGSM accuracy by epsilon,
+  with the baseline's (e.g. teacher's) beside the model's when given. Written to a temporary name,
+  then renamed.
+  """
+  def runs(kind):
+    pairs = [(labels[0], results[kind])]
+    # A whole metrics.json is fine too: its robustness results are under "robustness".
+    baseline = (baseline_results.get("robustness", baseline_results).get(kind)
+                if baseline_results is not None else None)
+    if baseline:
+      pairs.append((labels[1], baseline))
+    return pairs
+
+  kinds = [kind for kind in ("corruptions", "perturbations", "fgsm") if results.get(kind)]
+  if not kinds:
+    raise ValueError("no robustness results to plot")
+  corruption_names = list(results["corruptions"]["errors"]) if "corruptions" in kinds else []
+  panels = len(corruption_names) + len(kinds) - ("corruptions" in kinds)
+  columns = min(4, panels)
+  rows = -(-panels // columns)
+  figure = plt.figure(figsize=(3.2 * columns, 2.6 * rows + 0.4))
+  axes = list(figure.subplots(rows, columns, squeeze=False).flat)
+  if corruption_names:
+    _plot_corruptions(axes[:len(corruption_names)], runs("corruptions"))
+  position = len(corruption_names)
+  if "perturbations" in kinds:
+    _plot_bars(axes[position], runs("perturbations"), "flip_rates", "flip rate", "flip rate (%)")
+    position += 1
+  if "fgsm" in kinds:
+    _plot_fgsm(axes[position], runs("fgsm"))
+    position += 1
+  for ax in axes[position:]:
+    ax.set_visible(False)
+  if baseline_results is not None:
+    axes[0].legend(fontsize=8)
+  figure.suptitle(f"{labels[0]}: {_robustness_summary(results)}", fontsize=10)
+  return _save(figure, path)

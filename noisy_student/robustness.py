@@ -18,12 +18,10 @@ Conventions shared by every function:
 """
 
 import dataclasses
-import io
 import json
 import os
 import zlib
 
-from matplotlib import figure as mpl_figure
 import numpy as np
 import tensorflow as tf
 
@@ -33,15 +31,21 @@ from data import manifest as manifest_lib
 from data import pipeline
 from data import preprocess
 from data import records
+from noisy_student import plots
+from noisy_student import predict as predict_lib
 
 KINDS = ("corruptions", "perturbations", "fgsm")
 DEFAULT_EPSILONS = (1, 2, 4, 8)
 
 
 def _predictor(model, normalize):
+  """Top-1 classes of uint8 images: predict's inference function (the model in inference mode)
+  after `normalize`."""
+  infer = predict_lib.inference_function(model)
+
   @tf.function(reduce_retracing=True)
   def predict(images):
-    logits = model(normalize(tf.cast(images, tf.float32)), training=False)
+    logits = infer(normalize(tf.cast(images, tf.float32)))
     return tf.argmax(logits, axis=-1, output_type=tf.int32)
   return predict
 
@@ -393,100 +397,6 @@ def premade_corruption_errors(model, root, preprocess_config, converted_dir, *, 
   return {"root": str(root), "errors": errors, "num_examples": counts}
 
 
-def _plot_corruptions(axes, runs):
-  corruptions = runs[0][1]["errors"]
-  for ax, name in zip(axes, corruptions):
-    for label, result in runs:
-      by_severity = result["errors"].get(name, {})
-      severities = sorted(by_severity, key=int)
-      line, = ax.plot([int(s) for s in severities], [100 * by_severity[s] for s in severities],
-                      marker="o", label=label)
-      if "clean_error" in result:  # a pre-made set has none of its own
-        ax.axhline(100 * result["clean_error"], color=line.get_color(), linestyle=":",
-                   linewidth=1)
-    ax.set_title(name, fontsize=9)
-    ax.set_xlabel("severity")
-    ax.set_ylabel("top-1 error (%)")
-    ax.set_xticks(list(corruptions_lib.SEVERITIES))
-
-
-def _plot_bars(ax, runs, key, title, ylabel):
-  names = list(runs[0][1][key])
-  width = 0.8 / len(runs)
-  for i, (label, result) in enumerate(runs):
-    values = [100 * result[key].get(n, np.nan) for n in names]
-    ax.bar(np.arange(len(names)) + i * width, values, width, label=label)
-  ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=30, fontsize=8)
-  ax.set_title(title, fontsize=9)
-  ax.set_ylabel(ylabel)
-
-
-def _plot_fgsm(ax, runs):
-  for label, result in runs:
-    epsilons = sorted(result["accuracy"], key=float)
-    ax.plot([0] + [float(e) for e in epsilons],
-            [100 * result["clean_accuracy"]] + [100 * result["accuracy"][e] for e in epsilons],
-            marker="o", label=label)
-  ax.set_title("FGSM", fontsize=9)
-  ax.set_xlabel("epsilon (pixels of 255)")
-  ax.set_ylabel("top-1 accuracy (%)")
-
-
-def _summary_line(results):
-  parts = []
-  if results.get("corruptions"):
-    parts.append(f"mean corruption error {100 * results['corruptions']['mean_error']:.1f}%")
-    if "mce" in results["corruptions"]:
-      parts.append(f"mCE {100 * results['corruptions']['mce']:.1f}%")
-  if results.get("perturbations"):
-    parts.append(f"mean flip rate {100 * results['perturbations']['mean_flip_rate']:.2f}%")
-    if "mfr" in results["perturbations"]:
-      parts.append(f"mFR {100 * results['perturbations']['mfr']:.1f}%")
-  return ", ".join(parts)
-
-
-def plot_robustness(results, path, baseline_results=None, *, labels=("model", "baseline")):
-  """Writes a PNG of `evaluate_robustness` results: error by corruption and severity (one panel
-  per corruption; dotted: clean error), flip rate per perturbation and FGSM accuracy by epsilon,
-  with the baseline's (e.g. teacher's) beside the model's when given. Written to a temporary name,
-  then renamed.
-  """
-  def runs(kind):
-    pairs = [(labels[0], results[kind])]
-    if baseline_results is not None and _baseline_section(baseline_results, kind):
-      pairs.append((labels[1], _baseline_section(baseline_results, kind)))
-    return pairs
-
-  kinds = [kind for kind in KINDS if results.get(kind)]
-  if not kinds:
-    raise ValueError("no robustness results to plot")
-  corruption_names = list(results["corruptions"]["errors"]) if "corruptions" in kinds else []
-  panels = len(corruption_names) + len(kinds) - ("corruptions" in kinds)
-  columns = min(4, panels)
-  rows = -(-panels // columns)
-  # A bare Figure renders with Agg and leaves pyplot's global state (and backend) alone.
-  figure = mpl_figure.Figure(figsize=(3.2 * columns, 2.6 * rows + 0.4))
-  axes = list(figure.subplots(rows, columns, squeeze=False).flat)
-  if corruption_names:
-    _plot_corruptions(axes[:len(corruption_names)], runs("corruptions"))
-  position = len(corruption_names)
-  if "perturbations" in kinds:
-    _plot_bars(axes[position], runs("perturbations"), "flip_rates", "flip rate", "flip rate (%)")
-    position += 1
-  if "fgsm" in kinds:
-    _plot_fgsm(axes[position], runs("fgsm"))
-    position += 1
-  for ax in axes[position:]:
-    ax.set_visible(False)
-  if baseline_results is not None:
-    axes[0].legend(fontsize=8)
-  figure.suptitle(f"{labels[0]}: {_summary_line(results)}", fontsize=10)
-  figure.tight_layout()
-  buffer = io.BytesIO()
-  figure.savefig(buffer, format="png", dpi=100)
-  records.write_bytes_atomically(path, buffer.getvalue())
-
-
 def robustness_phase(model, eval_data, preprocess_config, output_dir, kinds, *, baseline=None,
                      epsilons=DEFAULT_EPSILONS, batch_size=256, seed=0, table="auto",
                      corrupted_data=None, class_names=None):
@@ -537,12 +447,12 @@ def robustness_phase(model, eval_data, preprocess_config, output_dir, kinds, *, 
   records.write_text_atomically(os.path.join(output_dir, "robustness.json"),
                                 json.dumps(results, indent=1) + "\n")
   if kinds:
-    plot_robustness({k: v for k, v in results.items() if k in KINDS},
+    plots.robustness({k: v for k, v in results.items() if k in KINDS},
                     os.path.join(output_dir, "robustness.png"),
                     baseline_results=baseline_results, labels=("model", "baseline"))
   if corrupted_data:
     base = _baseline_section(baseline_results, "corrupted_data")
-    plot_robustness({"corruptions": results["corrupted_data"]},
+    plots.robustness({"corruptions": results["corrupted_data"]},
                     os.path.join(output_dir, "robustness_corrupted_data.png"),
                     baseline_results={"corruptions": base} if base else None,
                     labels=("model", "baseline"))

@@ -13,11 +13,13 @@ import io
 import json
 import pathlib
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
 from PIL import Image
+from scipy import optimize
 
 import efficientnet
 import main
@@ -40,10 +42,11 @@ IMAGENET = ([0.485 * 255, 0.456 * 255, 0.406 * 255], [0.229 * 255, 0.224 * 255, 
 FULL_FIELDS = {"image/key", "image/class/label", "probabilities", "confidence"}
 TOP_K_FIELDS = {"image/key", "image/class/label", "top_k_classes", "top_k_probabilities",
                 "confidence"}
-# predict runs the model as a tf.function on batches of 5 and the oracle eagerly on one batch of
-# all images: float32 arithmetic in another order moves probabilities by ~1e-7 (measured); 2e-6
-# leaves margin and is still far below the gaps the checks below rely on (asserted >= 1e-3).
-PROBABILITY_ATOL = 2e-6
+# A float32 network: the same teacher on other batch compositions (predict: a tf.function on
+# batches of 5; the oracle: one eager batch) moves logits of up to ~10 by up to 1.3e-5 and
+# probabilities by up to 1.2e-6 (measured). 1e-5 leaves a margin of 8 and stays 10x below the
+# gaps that make rankings comparable (asserted > 1e-4).
+PROBABILITY_ATOL = 1e-5
 
 
 def run(*args):
@@ -74,7 +77,7 @@ def _image_files(rng):
       Image.fromarray(noise[..., :3]).convert("P", palette=Image.Palette.ADAPTIVE, colors=8),
       format="PNG")
   # TensorFlow decodes JPEGs with libjpeg's fast integer IDCT, PIL with the accurate one: the
-  # pixels differ by up to 8 levels at quality <= 95 and much more above (see the last test).
+  # pixels differ by up to 9 levels at quality <= 95 and much more above (see the last test).
   # Both are exact on 8x8 blocks of one colour stored at quality 100 without chroma subsampling,
   # so these JPEGs check the JPEG path without that difference.
   for index in range(3):
@@ -86,19 +89,23 @@ def _image_files(rng):
 
 
 def _teacher(images):
-  """A tiny EfficientNet whose logits differ clearly between images: the untrained head sees
-  features of ~1e-3, so its kernel is redrawn at a scale giving logits of a few units."""
+  """A tiny EfficientNet whose logits differ clearly between images. The untrained head sees
+  features of ~1e-3 with a common offset, so its kernel is redrawn and scaled and its bias
+  centres the logits: a few units apart, and no class wins everywhere."""
+  keras.utils.set_random_seed(0)  # the same teacher, hence the same guards below, every run
   model = efficientnet.build_model("efficientnet-b0", NUM_CLASSES, **TINY)
   head = model.get_layer("predictions")
   kernel = np.random.default_rng(5).normal(0, 1, head.kernel.shape).astype(np.float32)
   head.kernel.assign(kernel)
-  spread = np.std(model(_normalized(images, IMAGENET), training=False).numpy())
-  head.kernel.assign(kernel * np.float32(3.0 / spread))
+  logits = model(_normalized(images, IMAGENET), training=False).numpy()
+  scale = np.float32(3.0 / np.std(logits - logits.mean(axis=0)))
+  head.kernel.assign(kernel * scale)
+  head.bias.assign(-logits.mean(axis=0) * scale)
   return model
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def inputs(tmp_path_factory):
   """Image files, their shards (2), teacher.keras, and the oracle's pixels (PIL) by key."""
   root = tmp_path_factory.mktemp("predict_oracle")
   files = _image_files(np.random.default_rng(0))
@@ -121,9 +128,9 @@ def _normalized(images, normalization):
   return ((images.astype(np.float64) - mean) / std).astype(np.float32)
 
 
-def _oracle_logits(setup, normalization):
+def _oracle_logits(inputs, normalization):
   """{key: float64 logits}: the model on the PIL pixels, one eager call in inference mode."""
-  _, pixels, model = setup
+  _, pixels, model = inputs
   keys = list(pixels)
   batch = _normalized(np.stack([pixels[k] for k in keys]), normalization)
   logits = model(batch, training=False).numpy().astype(np.float64)
@@ -150,8 +157,8 @@ def _shards(directory):
   return sorted(p for p in pathlib.Path(directory).glob("*.tfrecord"))
 
 
-def _predict(setup, name, normalization_flag, *extra):
-  root = setup[0]
+def _predict(inputs, name, normalization_flag, *extra):
+  root = inputs[0]
   output = root / name
   run("--mode=predict", f"--checkpoint={root / 'teacher.keras'}",
       f"--unlabeled_data={root / 'unlabeled'}", f"--output={output}", "--batch_size=5",
@@ -160,19 +167,19 @@ def _predict(setup, name, normalization_flag, *extra):
 
 
 @pytest.fixture(scope="module")
-def full_predictions(setup):
-  return _predict(setup, "predictions", "svhn")
+def full_predictions(inputs):
+  return _predict(inputs, "predictions", "svhn")
 
 
 @pytest.fixture(scope="module")
-def top_k_predictions(setup):
-  return _predict(setup, "predictions_top_k", "imagenet", f"--top_k={TOP_K}")
+def top_k_predictions(inputs):
+  return _predict(inputs, "predictions_top_k", "imagenet", f"--top_k={TOP_K}")
 
 
-def _records_in_input_order(setup, predictions):
+def _records_in_input_order(inputs, predictions):
   """Every prediction record, after checking that each prediction shard has its input shard's
   name and exactly its keys in its order, and that the keys are those of the image files."""
-  root, pixels, _ = setup
+  root, pixels, _ = inputs
   inputs = _shards(root / "unlabeled")
   assert len(inputs) == 2
   assert [p.name for p in _shards(predictions)] == [p.name for p in inputs]
@@ -191,13 +198,13 @@ def _check_well_posed(probabilities, places):
   """The oracle's top `places` are apart by far more than the tolerance, so the project's
   ranking must equal the oracle's; and the teacher does not predict one class everywhere."""
   ranked = -np.sort(-probabilities, axis=1)
-  assert np.min(ranked[:, :places] - ranked[:, 1:places + 1]) > 1e-3
+  assert np.min(ranked[:, :places] - ranked[:, 1:places + 1]) > 1e-4
   assert len(set(np.argmax(probabilities, axis=1))) >= 3
 
 
-def test_predict_records_equal_the_pil_numpy_keras_oracle(setup, full_predictions):
-  rows = _records_in_input_order(setup, full_predictions)
-  logits = _oracle_logits(setup, SVHN)
+def test_predict_records_equal_the_pil_numpy_keras_oracle(inputs, full_predictions):
+  rows = _records_in_input_order(inputs, full_predictions)
+  logits = _oracle_logits(inputs, SVHN)
   expected = {key: _softmax(value) for key, value in logits.items()}
   _check_well_posed(np.stack(list(expected.values())), 1)
   for key, fields in rows:
@@ -213,9 +220,9 @@ def test_predict_records_equal_the_pil_numpy_keras_oracle(setup, full_prediction
     assert np.float32(fields["confidence"][0]) == probabilities[label] == probabilities.max()
 
 
-def test_predict_top_k_records_equal_the_oracle(setup, top_k_predictions):
-  rows = _records_in_input_order(setup, top_k_predictions)
-  expected = {key: _softmax(value) for key, value in _oracle_logits(setup, IMAGENET).items()}
+def test_predict_top_k_records_equal_the_oracle(inputs, top_k_predictions):
+  rows = _records_in_input_order(inputs, top_k_predictions)
+  expected = {key: _softmax(value) for key, value in _oracle_logits(inputs, IMAGENET).items()}
   _check_well_posed(np.stack(list(expected.values())), TOP_K)
   for key, fields in rows:
     assert set(fields) == TOP_K_FIELDS, key
@@ -234,9 +241,9 @@ def test_predict_top_k_records_equal_the_oracle(setup, top_k_predictions):
 
 
 @pytest.fixture(scope="module")
-def filtered(setup, full_predictions, top_k_predictions):
+def filtered(inputs, full_predictions, top_k_predictions):
   """Filter output of both prediction runs, every record kept once (no threshold, no balance)."""
-  root = setup[0]
+  root = inputs[0]
   outputs = {}
   for name, predictions in (("full", full_predictions), ("top_k", top_k_predictions)):
     outputs[name] = root / f"filtered_{name}"
@@ -259,16 +266,17 @@ def _expected_targets(logits, temperature, top_k):
 @pytest.mark.parametrize("temperature", [2.0, 0.5, 1.0])
 @pytest.mark.parametrize("stored, normalization, top_k, rtol", [
     ("full", SVHN, None, 0.0),
-    # float16 values (relative 2^-11 each), renormalised and raised to 1/T (at most 2x).
-    ("top_k", IMAGENET, TOP_K, 2e-3)])
+    # float16 values are within 2^-11 relative each; renormalising at most doubles that and the
+    # power 1/T <= 2 doubles it again (measured: 8e-4 at T = 0.5).
+    ("top_k", IMAGENET, TOP_K, 4 * 2.0 ** -11)], ids=["full", "top_k"])
 def test_student_soft_targets_are_softmax_of_logits_over_temperature(
-    setup, filtered, stored, normalization, top_k, rtol, temperature):
-  logits = _oracle_logits(setup, normalization)
+    inputs, filtered, stored, normalization, top_k, rtol, temperature):
+  logits = _oracle_logits(inputs, normalization)
   keys = sorted(logits)
   expected = _expected_targets(np.stack([logits[k] for k in keys]), temperature, top_k)
   # No augmentation, no flip: only the targets matter here. The stream is shuffled and its rows
-  # carry no key, so each target row is matched to its nearest oracle row, which must be a
-  # one-to-one match: the oracle's rows are far apart compared with the tolerance.
+  # carry no key, so the targets are compared with the oracle's as multisets: there must be a
+  # one-to-one pairing in which every target row is within tolerance of its oracle row.
   config = preprocess.PreprocessConfig(image_size=SIZE, small_image=True, flip=False,
                                        mean=tuple(normalization[0]), std=tuple(normalization[1]))
   dataset = pipeline.pseudo_labeled_dataset(str(filtered[stored]), config,
@@ -276,13 +284,11 @@ def test_student_soft_targets_are_softmax_of_logits_over_temperature(
                                             repeat=False, seed=7)
   targets = np.stack([target.numpy() for _, target in dataset])
   assert targets.shape == (len(keys), NUM_CLASSES)
-  gaps = np.abs(expected[:, None] - expected[None]).max(axis=-1) + np.eye(len(keys))
-  assert gaps.min() > 1e-3
-  nearest = np.abs(targets[:, None] - expected[None]).max(axis=-1).argmin(axis=1)
-  assert sorted(nearest) == list(range(len(keys)))
-  # Targets are float32 from float32 probabilities: 4e-6 covers the model tolerance (2e-6)
-  # scaled by 1/T <= 2.
-  np.testing.assert_allclose(targets, expected[nearest], rtol=rtol, atol=2 * PROBABILITY_ATOL)
+  # Targets are float32 from float32 probabilities: twice the model tolerance covers 1/T <= 2.
+  within = np.all(np.abs(targets[:, None] - expected[None])
+                  <= 2 * PROBABILITY_ATOL + rtol * expected[None], axis=-1)
+  rows, matched = optimize.linear_sum_assignment(~within)
+  assert within[rows, matched].all(), (targets, expected)
   np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=0, atol=1e-6)
 
 
@@ -290,11 +296,11 @@ def test_student_soft_targets_are_softmax_of_logits_over_temperature(
     75,
     pytest.param(100, marks=pytest.mark.xfail(strict=True, reason=(
         "TensorFlow's default JPEG decoding (libjpeg's fast integer IDCT) is far from PIL's at "
-        "quality >= 96; at 100 by ~50 levels")))])
+        "quality >= 96: at 100 by tens of levels")))])
 def test_predict_sees_textured_jpeg_pixels_within_a_few_levels_of_pil(quality):
   # data/decode.py keeps JPEG bytes as they are, stating that TensorFlow decodes them like PIL
-  # "up to the decoders' rounding, a few levels". 8 levels is the largest gap measured at
-  # quality <= 95 on noise and smooth 16x16 images.
+  # "up to the decoders' rounding, a few levels": taken as 10, above the largest gap measured
+  # at quality <= 95 (9 levels, on noise and smooth 16x16 and 32x32 images).
   rng = np.random.default_rng(quality)
   config = preprocess.PreprocessConfig(image_size=SIZE, small_image=True)
   for _ in range(10):
@@ -303,4 +309,4 @@ def test_predict_sees_textured_jpeg_pixels_within_a_few_levels_of_pil(quality):
     pil = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.float32)
     # The pixels predict normalises (pipeline.predict_dataset maps eval_pixels over records).
     seen = preprocess.eval_pixels(tf.constant(data), config).numpy()
-    assert np.abs(seen - pil).max() <= 8
+    assert np.abs(seen - pil).max() <= 10

@@ -43,16 +43,22 @@ def test_predict_uses_the_teachers_own_size_whatever_the_students_recipe_says(tm
     assert seen["mean"] == run_config["mean"] and seen["std"] == run_config["std"]
 
 
-def test_a_checkpoint_without_its_run_is_seen_at_its_variants_size(tmp_path):
-  model = efficientnet.build_model("efficientnet-b3", 3, width_coefficient=0.1,
-                                   depth_coefficient=0.1)
-  model.save(tmp_path / "bare.keras")
-  seen = checkpoints.eval_preprocessing(str(tmp_path / "bare.keras"), variant="efficientnet-b3")
+def test_a_checkpoint_without_its_run_is_seen_at_the_size_it_was_built_for(tmp_path):
+  bare = efficientnet.build_model("efficientnet-b3", 3, width_coefficient=0.1,
+                                  depth_coefficient=0.1)
+  seen = checkpoints.eval_preprocessing(str(tmp_path / "bare.keras"), bare)
   assert seen.image_size == efficientnet.get_variant("efficientnet-b3").resolution == 300
+  assert not seen.small_image
+  sized = efficientnet.build_model("efficientnet-b0", 3, image_size=20, small_image=True,
+                                   width_coefficient=0.1, depth_coefficient=0.1)
+  seen = checkpoints.eval_preprocessing(str(tmp_path / "sized.keras"), sized)
+  assert seen.image_size == 20 and seen.small_image
+  # A reference checkpoint is built with the variant's own resolution (main._model_args).
+  l2 = efficientnet.build_model("efficientnet-l2", 3, width_coefficient=0.1,
+                                depth_coefficient=0.1)
   assert checkpoints.eval_preprocessing(
-      "unused", checkpoint_format="reference", variant="efficientnet-l2").image_size == 800
-  small = checkpoints.eval_preprocessing(str(tmp_path / "bare.keras"), variant="efficientnet-b3",
-                                         small_image=True)
-  assert small.image_size == 32 and small.small_image
-  assert efficientnet.build_model("efficientnet-b0", 3, small_image=True,
-                                  width_coefficient=0.1, depth_coefficient=0.1).image_size == 32
+      "unused", l2, checkpoint_format="reference").image_size == 800
+  small = efficientnet.build_model("efficientnet-b0", 3, small_image=True,
+                                   width_coefficient=0.1, depth_coefficient=0.1)
+  assert small.image_size == 32
+  assert checkpoints.eval_preprocessing("unused", small, image_size=24).image_size == 24

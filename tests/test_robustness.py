@@ -11,6 +11,7 @@ from scipy import ndimage
 import tensorflow as tf
 
 from data import corruptions
+from noisy_student import plots
 from noisy_student import robustness
 
 RANDOM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "motion_blur", "fog")
@@ -442,8 +443,7 @@ def test_evaluate_robustness_json_baseline_and_plot(tmp_path):
     robustness.evaluate_robustness(model, dataset, _normalize, "noise")
 
   path = str(tmp_path / "robustness.png")
-  robustness.plot_robustness(student, path, baseline_results=teacher,
-                             labels=("student", "teacher"))
+  plots.robustness(student, path, baseline_results=teacher, labels=("student", "teacher"))
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert os.listdir(tmp_path) == ["robustness.png"]
