@@ -220,12 +220,6 @@ def _check_epsilons(value):
     return False
 
 
-flags.register_multi_flags_validator(
-    ["epochs", "train_steps"], lambda f: f["epochs"] is None or f["train_steps"] is None,
-    message="give --epochs or --train_steps, not both")
-flags.register_multi_flags_validator(
-    ["num_workers", "worker_index"], lambda f: f["worker_index"] < f["num_workers"],
-    message="--worker_index must be below --num_workers")
 
 
 def train_config(**overrides):
@@ -236,9 +230,6 @@ def train_config(**overrides):
             if field.name in FLAGS}
   values["ema_decay"] = FLAGS.ema_decay or None  # --ema_decay=0 turns the average off
   values.update(overrides)
-  if values["epochs"] is None and values["train_steps"] is None:
-    raise app.UsageError("--epochs or --train_steps is needed (a recipe sets them: "
-                         "--flagfile=recipes/fashion_mnist_demo.flags is the demo's)")
   return train.TrainConfig(**values)
 
 

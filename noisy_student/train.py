@@ -84,8 +84,11 @@ class TrainConfig:
   seed: int = 0
 
   def __post_init__(self):
-    if (self.epochs is None) == (self.train_steps is None):
-      raise ValueError("give exactly one of --epochs and --train_steps")
+    if self.epochs is None and self.train_steps is None:
+      raise ValueError("--epochs or --train_steps is needed (a recipe sets them: "
+                       "--flagfile=recipes/fashion_mnist_demo.flags is the demo's)")
+    if self.epochs is not None and self.train_steps is not None:
+      raise ValueError("give --epochs or --train_steps, not both")
     if self.normalization not in NORMALIZATIONS:
       raise ValueError(f"--normalization must be one of {NORMALIZATIONS}")
     if self.batch_size < 1:
