@@ -132,6 +132,9 @@ def load_normalization(directory, split=None):
   return tuple(splits[split]["mean"]), tuple(splits[split]["std"])
 
 
+MIN_STD = 1e-3  # on the 0-255 scale: below it a channel counts as constant
+
+
 class PixelStats:
   """Per-channel mean and std over every pixel, accumulated one image at a time.
 
@@ -153,6 +156,8 @@ class PixelStats:
       return None, None
     mean = self.sum / self.count
     std = np.sqrt(np.maximum(self.sum_squares / self.count - mean ** 2, 0.0))
+    # A channel that never varies (std 0) would normalise to NaN: it keeps its scale instead.
+    std = np.where(std < MIN_STD, 1.0, std)
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 

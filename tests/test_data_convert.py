@@ -248,3 +248,19 @@ def test_convert_fashion_mnist_first_2000_round_trips(tmp_path):
 @pytest.mark.slow
 def test_convert_fashion_mnist_full_round_trips(tmp_path):
   _check_fashion_mnist(tmp_path, (None, None))
+
+
+def test_a_constant_channel_keeps_its_scale_instead_of_normalising_to_nan():
+  """std 0 (a channel that never varies) would make (x - mean) / std NaN for every image."""
+  from data import manifest  # pylint: disable=g-import-not-at-top
+  from data import preprocess  # pylint: disable=g-import-not-at-top
+  stats = manifest.PixelStats()
+  rng = np.random.default_rng(0)
+  for _ in range(3):
+    pixels = rng.integers(0, 256, (4, 4, 3), np.uint8)
+    pixels[..., 1:] = 9  # green and blue constant
+    stats.add(*manifest.image_statistics(pixels))
+  mean, std = stats.mean_std()
+  assert std[1:] == [1.0, 1.0] and std[0] > 1 and mean[1:] == [9.0, 9.0]
+  config = preprocess.PreprocessConfig(image_size=4, mean=tuple(mean), std=tuple(std))
+  assert np.isfinite(preprocess.normalize(pixels, config).numpy()).all()
