@@ -80,8 +80,9 @@ flags.DEFINE_list("class_names", None, "convert: class names in label order, com
 flags.DEFINE_integer("labeled_per_class", None, "convert: afterwards split the converted data "
                      "into OUTPUT/labeled (N per class, seeded) and OUTPUT/unlabeled (the rest).",
                      lower_bound=1)
-flags.DEFINE_integer("validation_per_class", 0, "convert with --labeled_per_class: also hold out "
-                     "N per class (seeded) as OUTPUT/validation, in neither pool.", lower_bound=0)
+flags.DEFINE_integer("validation_per_class", 0, "convert: also hold out N per class (seeded) as "
+                     "OUTPUT/validation, in neither pool; without --labeled_per_class the rest "
+                     "is OUTPUT/labeled (SVHN's dev split).", lower_bound=0)
 
 # train / finetune.
 flags.DEFINE_float("epochs", None, "Training length in epochs of the labeled data.",
@@ -267,7 +268,7 @@ def run_convert():
                              class_names=FLAGS.class_names)
   result = {"output": FLAGS.output,
             "splits": {k: v["num_examples"] for k, v in manifest["splits"].items()}}
-  if FLAGS.labeled_per_class:
+  if FLAGS.labeled_per_class or FLAGS.validation_per_class:
     from data import subsets  # pylint: disable=g-import-not-at-top
     result["semi_supervised"] = subsets.split_labeled(
         FLAGS.output, FLAGS.output, per_class=FLAGS.labeled_per_class, seed=FLAGS.seed,

@@ -73,7 +73,9 @@ def _write(shards, keep, output_dir, split, num_shards, source_manifest, labels)
 
 def split_labeled(data, output_dir, *, per_class, seed=0, num_shards=4, validation_per_class=0):
   """Writes `<output_dir>/labeled` (per_class per class), `<output_dir>/validation`
-  (validation_per_class per class, when > 0) and `<output_dir>/unlabeled` (the rest).
+  (validation_per_class per class, when > 0) and `<output_dir>/unlabeled` (the rest); with
+  per_class None every image outside the validation split is labeled and there is no unlabeled
+  pool (SVHN's train split with its dev split held out, as the reference's proc_svhn.py does).
 
   The labeled images are the same with or without a validation split (drawn first, with `seed`);
   the validation images are then drawn from the others (with `seed` + 1), so that they are in
@@ -82,7 +84,7 @@ def split_labeled(data, output_dir, *, per_class, seed=0, num_shards=4, validati
   Args:
     data: a converted, labeled split (directory with manifest.json or glob).
     output_dir: parent of the new directories.
-    per_class: labeled examples kept per class.
+    per_class: labeled examples kept per class; None: all but the validation split.
     seed: picks which examples are labeled and which validate.
     num_shards: shards of each output.
     validation_per_class: examples per class held out, labels kept, for validation.
@@ -96,11 +98,19 @@ def split_labeled(data, output_dir, *, per_class, seed=0, num_shards=4, validati
   if not source or not source.get("num_classes"):
     raise ValueError(f"{data!r} has no manifest with classes; convert it with labels first")
   labels = _labels(shards)
-  labeled = choose_labeled(labels, per_class, seed)
-  parts = {"labeled": labeled}
-  if validation_per_class:
-    parts["validation"] = choose_labeled(labels, validation_per_class, seed + 1, exclude=labeled)
-  parts["unlabeled"] = np.setdiff1d(np.arange(len(labels)), np.concatenate(list(parts.values())))
+  everything = np.arange(len(labels))
+  if per_class is None:
+    if not validation_per_class:
+      raise ValueError("give --labeled_per_class, --validation_per_class or both")
+    validation = choose_labeled(labels, validation_per_class, seed + 1)
+    parts = {"labeled": np.setdiff1d(everything, validation), "validation": validation}
+  else:
+    labeled = choose_labeled(labels, per_class, seed)
+    parts = {"labeled": labeled}
+    if validation_per_class:
+      parts["validation"] = choose_labeled(labels, validation_per_class, seed + 1,
+                                           exclude=labeled)
+    parts["unlabeled"] = np.setdiff1d(everything, np.concatenate(list(parts.values())))
   for name, keep in parts.items():
     _write(shards, keep, os.path.join(output_dir, name), name, num_shards, source, labels)
   return {name: int(len(keep)) for name, keep in parts.items()}
