@@ -231,6 +231,9 @@ def train_config(**overrides):
             if field.name in FLAGS}
   values["ema_decay"] = FLAGS.ema_decay or None  # --ema_decay=0 turns the average off
   values.update(overrides)
+  if values["epochs"] is None and values["train_steps"] is None:  # the rule is TrainConfig's
+    raise app.UsageError("--epochs or --train_steps is needed (a recipe sets them: "
+                         "--flagfile=recipes/fashion_mnist_demo.flags is the demo's)")
   return train.TrainConfig(**values)
 
 

@@ -370,3 +370,15 @@ def _num_classes(data, num_classes):
   if not manifest or not manifest.get("num_classes"):
     raise ValueError(f"pass num_classes: {data} has no manifest naming its classes")
   return manifest["num_classes"]
+
+
+def count_examples(data):
+  """Records in a data argument: the manifest's count when it has one, else a scan of the shards."""
+  if tf.io.gfile.isdir(data):
+    manifest = manifest_lib.load_manifest(data) or {}
+    splits = manifest.get("splits", {})
+    if len(splits) == 1:
+      entry = next(iter(splits.values()))
+      if "num_examples" in entry:
+        return int(entry["num_examples"])
+  return sum(1 for _ in ordered_records(resolve_shards(data)))

@@ -1,6 +1,7 @@
 """Finding and loading the model a phase should use: one restore path for predict, eval, train."""
 
 import json
+import logging
 import os
 
 import keras
@@ -117,3 +118,27 @@ def save_model_atomically(model, path):
   tmp = os.path.join(directory, f".tmp-{name}")
   bare.save(tmp)
   tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def warm_start(model, checkpoint, checkpoint_format="keras"):
+  """Copies every layer's weights whose name and shapes match from `checkpoint` into `model`."""
+  if checkpoint_format == "reference":
+    return efficientnet.load_reference_checkpoint(model, checkpoint, include_top=False)
+  source = load_model(checkpoint)
+  copied, skipped = 0, []
+  source_layers = {layer.name: layer for layer in source.layers}
+  for layer in model.layers:
+    other = source_layers.get(layer.name)
+    if not layer.weights or other is None:
+      continue
+    values = other.get_weights()
+    if [v.shape for v in values] == [tuple(w.shape) for w in layer.weights]:
+      layer.set_weights(values)
+      copied += 1
+    else:
+      skipped.append(layer.name)
+  if not copied:
+    raise ValueError(f"--init_checkpoint {checkpoint!r} shares no layer shapes with {model.name}")
+  logging.info("warm start from %s: %d layers copied, %d skipped (%s)", checkpoint, copied,
+               len(skipped), ", ".join(skipped[:5]))
+  return {"copied": copied, "skipped": skipped}

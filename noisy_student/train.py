@@ -84,11 +84,8 @@ class TrainConfig:
   seed: int = 0
 
   def __post_init__(self):
-    if self.epochs is None and self.train_steps is None:
-      raise ValueError("--epochs or --train_steps is needed (a recipe sets them: "
-                       "--flagfile=recipes/fashion_mnist_demo.flags is the demo's)")
-    if self.epochs is not None and self.train_steps is not None:
-      raise ValueError("give --epochs or --train_steps, not both")
+    if (self.epochs is None) == (self.train_steps is None):
+      raise ValueError("give exactly one of --epochs and --train_steps")
     if self.normalization not in NORMALIZATIONS:
       raise ValueError(f"--normalization must be one of {NORMALIZATIONS}")
     if self.batch_size < 1:
@@ -104,18 +101,6 @@ class TrainConfig:
       raise ValueError("--batch_norm_recalibration_images must be >= 0, got "
                        f"{self.batch_norm_recalibration_images}")
     efficientnet.get_variant(self.model)
-
-
-def count_examples(data):
-  """Records in a data argument: the manifest's count when it has one, else a scan of the shards."""
-  if tf.io.gfile.isdir(data):
-    manifest = manifest_lib.load_manifest(data) or {}
-    splits = manifest.get("splits", {})
-    if len(splits) == 1:
-      entry = next(iter(splits.values()))
-      if "num_examples" in entry:
-        return int(entry["num_examples"])
-  return sum(1 for _ in pipeline.ordered_records(pipeline.resolve_shards(data)))
 
 
 def uses_pad_crop(config):
@@ -145,30 +130,6 @@ def build_student(config, num_classes):
       config.model, num_classes, image_size=config.image_size, small_image=config.small_image,
       dropout_rate=config.dropout_rate, survival_prob=config.survival_prob,
       width_coefficient=config.width_coefficient, depth_coefficient=config.depth_coefficient)
-
-
-def warm_start(model, checkpoint, checkpoint_format="keras"):
-  """Copies every layer's weights whose name and shapes match from `checkpoint` into `model`."""
-  if checkpoint_format == "reference":
-    return efficientnet.load_reference_checkpoint(model, checkpoint, include_top=False)
-  source = checkpoints.load_model(checkpoint)
-  copied, skipped = 0, []
-  source_layers = {layer.name: layer for layer in source.layers}
-  for layer in model.layers:
-    other = source_layers.get(layer.name)
-    if not layer.weights or other is None:
-      continue
-    values = other.get_weights()
-    if [v.shape for v in values] == [tuple(w.shape) for w in layer.weights]:
-      layer.set_weights(values)
-      copied += 1
-    else:
-      skipped.append(layer.name)
-  if not copied:
-    raise ValueError(f"--init_checkpoint {checkpoint!r} shares no layer shapes with {model.name}")
-  logging.info("warm start from %s: %d layers copied, %d skipped (%s)", checkpoint, copied,
-               len(skipped), ", ".join(skipped[:5]))
-  return {"copied": copied, "skipped": skipped}
 
 
 def freeze_first_blocks(model, num_blocks):
@@ -431,7 +392,7 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
   num_classes = config.num_classes or (manifest or {}).get("num_classes")
   if not num_classes:
     raise ValueError(f"--num_classes is needed: {labeled_data!r} has no manifest naming classes")
-  num_labeled = count_examples(labeled_data)
+  num_labeled = pipeline.count_examples(labeled_data)
   if num_labeled == 0:
     raise ValueError(f"--labeled_data {labeled_data!r} holds no records")
   # Checked now rather than after training, where a wrong --eval_data would end the run.
@@ -463,7 +424,7 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
   with strategy.scope():
     model = build_student(config, num_classes)
     if init_checkpoint:
-      warm_start(model, init_checkpoint, init_checkpoint_format)
+      checkpoints.warm_start(model, init_checkpoint, init_checkpoint_format)
     if config.freeze_blocks:
       freeze_first_blocks(model, config.freeze_blocks)
     losses.add_weight_decay(model, config.weight_decay)
