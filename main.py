@@ -51,8 +51,10 @@ flags.DEFINE_enum("strategy", "auto", ["auto", "cpu", "gpu", "mirrored", "multi_
 flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu/auto.")
 flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"],
                   "Compute dtype (weights and logits stay float32).")
-flags.DEFINE_integer("batch_size", 128, "Labeled images per training batch; images per "
-                     "inference batch in predict and eval.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 128, "Labeled images per training batch.", lower_bound=1)
+flags.DEFINE_integer("inference_batch_size", 256, "Images per inference batch in predict, eval, "
+                     "beam and iterate's predict and eval (a training batch can be far larger "
+                     "than fits at inference resolution).", lower_bound=1)
 
 # Data.
 flags.DEFINE_string("labeled_data", f"{DEFAULT_DATA}/labeled", "Labeled shards: a convert "
@@ -238,10 +240,12 @@ def train_config(**overrides):
 
 
 def predict_config():
-  """The PredictConfig of this command, every field from the flag of the same name."""
+  """The PredictConfig of this command, every field from the flag of the same name (its batch
+  size from --inference_batch_size)."""
   from noisy_student import predict  # pylint: disable=g-import-not-at-top
-  return predict.PredictConfig(**{field.name: FLAGS[field.name].value
-                                  for field in dataclasses.fields(predict.PredictConfig)})
+  values = {field.name: FLAGS[field.name].value
+            for field in dataclasses.fields(predict.PredictConfig) if field.name != "batch_size"}
+  return predict.PredictConfig(batch_size=FLAGS.inference_batch_size, **values)
 
 
 def filter_rule():
@@ -409,13 +413,13 @@ def run_eval():
     return {"robustness": robustness.robustness_phase(
         model, FLAGS.eval_data, prep, output, FLAGS.robustness,
         baseline=FLAGS.robustness_baseline, epsilons=[float(e) for e in FLAGS.fgsm_epsilons],
-        batch_size=FLAGS.batch_size, seed=FLAGS.seed, table=FLAGS.corruption_table,
+        batch_size=FLAGS.inference_batch_size, seed=FLAGS.seed, table=FLAGS.corruption_table,
         corrupted_data=FLAGS.corrupted_data, class_names=class_names)}
 
   # Robustness goes into metrics.json too, so that a metrics.json can serve as a baseline.
   metrics = evaluate.eval_phase(model, prep, output, eval_data=FLAGS.eval_data,
                                 validation_data=FLAGS.validation_data,
-                                batch_size=FLAGS.batch_size, class_names=class_names,
+                                batch_size=FLAGS.inference_batch_size, class_names=class_names,
                                 extra=robustness_results)
   shown = {k: metrics[k] for k in ("top1", "top5", "loss", "num_examples")}
   if "validation" in metrics:
