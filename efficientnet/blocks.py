@@ -23,8 +23,15 @@ DENSE_KERNEL_INITIALIZER = {
 }
 
 
-def conv_bn(x, filters, kernel_size, strides, name, *, activation=True, depthwise=False):
-  """Conv (no bias) -> batch norm -> optional swish, named `{name}conv|bn|activation` style."""
+def conv_bn(x, filters, kernel_size, strides, name, *, activation=True, depthwise=False,
+            synchronized=False):
+  """Conv (no bias) -> batch norm -> optional swish, named `{name}conv|bn|activation` style.
+
+  `synchronized`: batch statistics over the global batch of a tf.distribute strategy (all
+  replicas), so that R replicas of B/R rows train as one device of B rows; TensorFlow backend
+  only. Off, each replica normalises its own rows (Keras' default; the reference does so per TPU
+  core up to 8 cores).
+  """
   conv_name, bn_name, act_name = name
   if depthwise:
     x = keras.layers.DepthwiseConv2D(
@@ -35,7 +42,8 @@ def conv_bn(x, filters, kernel_size, strides, name, *, activation=True, depthwis
         filters, kernel_size, strides=strides, padding="same", use_bias=False,
         kernel_initializer=CONV_KERNEL_INITIALIZER, name=conv_name)(x)
   x = keras.layers.BatchNormalization(
-      momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON, name=bn_name)(x)
+      momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON, synchronized=synchronized,
+      name=bn_name)(x)
   if activation:
     x = keras.layers.Activation("swish", name=act_name)(x)
   return x
@@ -52,19 +60,21 @@ def squeeze_excite(x, filters_se, filters_expanded, prefix):
   return keras.layers.Multiply(name=prefix + "se_excite")([x, s])
 
 
-def mbconv_block(inputs, args):
+def mbconv_block(inputs, args, synchronized=False):
   """One inverted-residual block from finished BlockArgs (see spec.expand_blocks)."""
   p = args.name
   x = inputs
   if args.expand_ratio != 1:
     x = conv_bn(x, args.filters_expanded, 1, 1,
-                (p + "expand_conv", p + "expand_bn", p + "expand_activation"))
+                (p + "expand_conv", p + "expand_bn", p + "expand_activation"),
+                synchronized=synchronized)
   x = conv_bn(x, None, args.kernel_size, args.strides,
-              (p + "dwconv", p + "bn", p + "activation"), depthwise=True)
+              (p + "dwconv", p + "bn", p + "activation"), depthwise=True,
+              synchronized=synchronized)
   if 0 < args.se_ratio <= 1:
     x = squeeze_excite(x, args.filters_se, args.filters_expanded, p)
   x = conv_bn(x, args.filters_out, 1, 1, (p + "project_conv", p + "project_bn", None),
-              activation=False)
+              activation=False, synchronized=synchronized)
   if not args.has_identity_skip:
     return x
   if args.drop_rate > 0:

@@ -17,7 +17,7 @@ class EfficientNet(keras.Model):
 
   def __init__(self, variant, num_classes, *, image_size=None, small_image=False,
                dropout_rate=None, survival_prob=None, width_coefficient=None,
-               depth_coefficient=None, name=None, **kwargs):
+               depth_coefficient=None, synchronized_batch_norm=False, name=None, **kwargs):
     # Keras passes back functional-graph keys when deserialising; our config replaces them.
     for key in ("inputs", "outputs", "layers", "input_layers", "output_layers"):
       kwargs.pop(key, None)
@@ -40,11 +40,13 @@ class EfficientNet(keras.Model):
     # image_size only documents the intended resolution (default: the variant's, 32 for the
     # small-image model).
     inputs = keras.Input(shape=(None, None, 3), name="image")
+    sync = bool(synchronized_batch_norm)
     x = blocks.conv_bn(inputs, spec.stem_filters(width), 3, 2,
-                       ("stem_conv", "stem_bn", "stem_activation"))
+                       ("stem_conv", "stem_bn", "stem_activation"), synchronized=sync)
     for block_args in plan:
-      x = blocks.mbconv_block(x, block_args)
-    x = blocks.conv_bn(x, spec.head_filters(width), 1, 1, ("top_conv", "top_bn", "top_activation"))
+      x = blocks.mbconv_block(x, block_args, synchronized=sync)
+    x = blocks.conv_bn(x, spec.head_filters(width), 1, 1, ("top_conv", "top_bn", "top_activation"),
+                       synchronized=sync)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if dropout > 0:
       x = keras.layers.Dropout(dropout, name="top_dropout")(x)
@@ -65,7 +67,8 @@ class EfficientNet(keras.Model):
 
 
 def build_model(variant, num_classes, *, image_size=None, small_image=False, dropout_rate=None,
-                survival_prob=None, width_coefficient=None, depth_coefficient=None):
+                survival_prob=None, width_coefficient=None, depth_coefficient=None,
+                synchronized_batch_norm=False):
   """Builds an EfficientNet that maps normalised images [batch, H, W, 3] to logits.
 
   Args:
@@ -77,7 +80,10 @@ def build_model(variant, num_classes, *, image_size=None, small_image=False, dro
     dropout_rate: dropout before the classifier (default: the variant's).
     survival_prob: stochastic depth survival probability of the last block's schedule (0.8).
     width_coefficient, depth_coefficient: override the variant's scaling (e.g. for tiny models).
+    synchronized_batch_norm: normalise over all replicas of a tf.distribute strategy (training
+      with several; TensorFlow backend). Not part of the saved config: it changes training only.
   """
   return EfficientNet(variant, num_classes, image_size=image_size, small_image=small_image,
                       dropout_rate=dropout_rate, survival_prob=survival_prob,
-                      width_coefficient=width_coefficient, depth_coefficient=depth_coefficient)
+                      width_coefficient=width_coefficient, depth_coefficient=depth_coefficient,
+                      synchronized_batch_norm=synchronized_batch_norm)

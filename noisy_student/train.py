@@ -125,11 +125,14 @@ def preprocess_config(config, labeled_data, *, image_size=None, train=True):
       augment=config.augment)
 
 
-def build_student(config, num_classes):
+def build_student(config, num_classes, num_replicas=1):
+  """The model a run trains; with several replicas its batch norm normalises over the global
+  batch, so that R replicas of B/R rows train as one device of B rows."""
   return efficientnet.build_model(
       config.model, num_classes, image_size=config.image_size, small_image=config.small_image,
       dropout_rate=config.dropout_rate, survival_prob=config.survival_prob,
-      width_coefficient=config.width_coefficient, depth_coefficient=config.depth_coefficient)
+      width_coefficient=config.width_coefficient, depth_coefficient=config.depth_coefficient,
+      synchronized_batch_norm=num_replicas > 1)
 
 
 def freeze_first_blocks(model, num_blocks):
@@ -203,20 +206,13 @@ def _set_precision(mixed_precision):
   keras.config.set_dtype_policy(PRECISION_POLICIES[mixed_precision])
 
 
-def _fit_under_multi_worker(model, dataset):
-  """Works around two faults of Keras 3's fit under MultiWorkerMirroredStrategy
-  (tensorflow/tensorflow#72388), for this model instance only.
-
-  - fit builds the compiled loss and metrics from a first batch that it averages over replicas
-    with `strategy.reduce` in eager mode, which fails ("Attempt to convert a value (PerReplica
-    ...)"). They are built here from the dataset's element spec (shapes are all they need) and
-    fit's build is skipped.
-  - fit averages each step's logs over workers with `strategy.reduce("MEAN", v, axis=0)`, which
-    fails on scalars. Each log value is made a [1] vector, which that reduce turns back into a
-    scalar.
+def _fit_under_multi_worker(model):
+  """Works around a fault of Keras 3's fit under MultiWorkerMirroredStrategy
+  (tensorflow/tensorflow#72388), for this model instance only: fit averages each step's logs over
+  workers with `strategy.reduce("MEAN", v, axis=0)`, which fails on scalars. Each log value is
+  made a [1] vector, which that reduce turns back into a scalar. (Its other fault, the eager
+  build from a first batch, is avoided for every strategy in `train`.)
   """
-  model._symbolic_build(data_batch=dataset.element_spec)  # pylint: disable=protected-access
-  model._maybe_symbolic_build = lambda *args, **kwargs: None  # pylint: disable=protected-access
   train_step = model.train_step
   model.train_step = lambda data: {name: tf.reshape(value, [1])
                                    for name, value in train_step(data).items()}
@@ -360,7 +356,8 @@ def check_inference_mode(model, config, labeled_data):
 
 
 def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=None,
-          validation_data=None, init_checkpoint=None, init_checkpoint_format="keras", strategy=None, verbose=None):
+          validation_data=None, init_checkpoint=None, init_checkpoint_format="keras", strategy=None,
+          verbose=None):
   """Trains a teacher (no pseudo_labeled_data), a student, or a fine-tuned model.
 
   Args:
@@ -402,27 +399,37 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
   chunk, total_steps = keras_epochs(total_steps, steps_per_epoch)
   prep = preprocess_config(config, labeled_data)
 
-  labeled = pipeline.labeled_dataset(labeled_data, prep, num_classes=num_classes, seed=config.seed,
-                                     num_workers=num_workers, worker_index=worker_index)
-  pseudo = None
-  ratio = 0
-  if pseudo_labeled_data:
-    ratio = config.unlabeled_batch_ratio
-    pseudo = pipeline.pseudo_labeled_dataset(
-        pseudo_labeled_data, prep, num_classes=num_classes, pseudo_labels=config.pseudo_labels,
-        temperature=config.temperature,
-        seed=config.seed + 1, num_workers=num_workers, worker_index=worker_index)
-  dataset = pipeline.student_dataset(labeled, pseudo, config.batch_size, ratio)
-  dataset = interleave_replicas(dataset, config.batch_size, strategy.num_replicas_in_sync)
-  if num_workers > 1:
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    dataset = dataset.with_options(options)
+  ratio = config.unlabeled_batch_ratio if pseudo_labeled_data else 0
+
+  def training_stream(steps_done=0):
+    """The batches of the run from step `steps_done` on: the rows earlier steps trained on are
+    skipped before decoding, and every later row keeps its augmentation seed."""
+    labeled = pipeline.labeled_dataset(
+        labeled_data, prep, num_classes=num_classes, seed=config.seed, num_workers=num_workers,
+        worker_index=worker_index, skip=steps_done * config.batch_size)
+    pseudo = None
+    if pseudo_labeled_data:
+      pseudo = pipeline.pseudo_labeled_dataset(
+          pseudo_labeled_data, prep, num_classes=num_classes, pseudo_labels=config.pseudo_labels,
+          temperature=config.temperature, seed=config.seed + 1, num_workers=num_workers,
+          worker_index=worker_index,
+          skip=steps_done * pipeline.unlabeled_rows(config.batch_size, ratio))
+    stream = interleave_replicas(
+        pipeline.student_dataset(labeled, pseudo, config.batch_size, ratio), config.batch_size,
+        strategy.num_replicas_in_sync)
+    if num_workers > 1:
+      options = tf.data.Options()
+      options.experimental_distribute.auto_shard_policy = (
+          tf.data.experimental.AutoShardPolicy.OFF)
+      stream = stream.with_options(options)
+    return stream
+
+  dataset = training_stream()
 
   schedule = learning_rate_schedule(config, steps_per_epoch, total_steps)
 
   with strategy.scope():
-    model = build_student(config, num_classes)
+    model = build_student(config, num_classes, strategy.num_replicas_in_sync)
     if init_checkpoint:
       checkpoints.warm_start(model, init_checkpoint, init_checkpoint_format)
     if config.freeze_blocks:
@@ -438,29 +445,22 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
                            losses.LabeledLoss(**loss_args), losses.UnlabeledLoss(**loss_args)])
     # Built here, not inside the first traced step: a third of the first fit's trace time.
     optimizer.build(model.trainable_variables)
+    if tf.distribute.has_strategy():
+      # Under a strategy, fit would read a first batch to build the loss and metrics, then
+      # iterate the dataset anew: the seeded shuffles reshuffle, so the run trained on another
+      # order than on one device, and not the same one twice. Their shapes are all they need.
+      model._symbolic_build(data_batch=dataset.element_spec)  # pylint: disable=protected-access
+      model._maybe_symbolic_build = lambda *a, **k: None  # pylint: disable=protected-access
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-      _fit_under_multi_worker(model, dataset)
+      _fit_under_multi_worker(model)
     backup = Backup(os.path.join(workdir, "backup"), chunk,
                     write_dir=os.path.join(outputs, "backup"))
     initial_epoch = backup.restore(model)
   if initial_epoch:
-    # A resumed run goes on as the uninterrupted one would (tested bit for bit). fit's
-    # initial_epoch does not skip data: the streams are rebuilt to start after the rows that the
-    # restored steps trained on (skipped before decoding; each later row keeps its augmentation).
+    # A resumed run goes on as the uninterrupted one would (tested bit for bit on one device):
+    # fit's initial_epoch does not skip data, so the streams start after the restored steps.
     done = int(model.optimizer.iterations.numpy())
-    labeled = pipeline.labeled_dataset(
-        labeled_data, prep, num_classes=num_classes, seed=config.seed, num_workers=num_workers,
-        worker_index=worker_index, skip=done * config.batch_size)
-    if pseudo is not None:
-      pseudo = pipeline.pseudo_labeled_dataset(
-          pseudo_labeled_data, prep, num_classes=num_classes, pseudo_labels=config.pseudo_labels,
-          temperature=config.temperature, seed=config.seed + 1, num_workers=num_workers,
-          worker_index=worker_index, skip=done * int(config.batch_size * ratio))
-    dataset = interleave_replicas(
-        pipeline.student_dataset(labeled, pseudo, config.batch_size, ratio), config.batch_size,
-        strategy.num_replicas_in_sync)
-    if num_workers > 1:
-      dataset = dataset.with_options(options)
+    dataset = training_stream(done)
     # The backup (save_weights) lacks the seed generators of dropout and stochastic depth, which
     # restart at their first draw; each draws once per training step.
     for layer in model._flatten_layers():  # pylint: disable=protected-access
@@ -479,7 +479,7 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
                   "pseudo_labeled_data": pseudo_labeled_data, "init_checkpoint": init_checkpoint,
                   **run_facts}, indent=1) + "\n")
   logging.info("train %s: %d steps (%d Keras epochs of %d), %s%s", config.model, total_steps,
-               total_steps // chunk, chunk, "student" if pseudo is not None else "labeled only",
+               total_steps // chunk, chunk, "student" if pseudo_labeled_data else "labeled only",
                f", resumed at Keras epoch {initial_epoch}" if initial_epoch else "")
   callbacks = [
       _RunFacts(),

@@ -1,8 +1,12 @@
 """Several devices and workers: predict split over workers, MirroredStrategy over two logical
 CPU devices, MultiWorkerMirroredStrategy with two local worker processes (train: only the chief
 writes the run's outputs; iterate: predict split, filter and eval on the chief). TPUStrategy runs
-the same code; README.md gives its command."""
+the same code; README.md gives its command.
 
+The oracle of a distributed run is the same run on one device: predictions record by record,
+trained weights within a float tolerance."""
+
+import collections
 import json
 import os
 import pathlib
@@ -10,13 +14,17 @@ import socket
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import flags
 
 import efficientnet
 import main
 from data import convert
+from data import pipeline
+from data import records
 from noisy_student import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -25,14 +33,33 @@ TINY_MODEL = ["--small_image", "--image_size=16", "--width_coefficient=0.1",
 NUM_CLASSES = 3
 RUN_TIMEOUT_S = 600
 
-# main.py with two logical CPU devices, configured before TensorFlow initialises them.
-TWO_CPUS_MAIN = """
+# Predict batches a worker's shards together: each worker's images are batched otherwise than in
+# one worker's run, which reorders float32 sums (seen: up to 1.5e-7 on the probabilities with
+# TF_ENABLE_ONEDNN_OPTS=0, none with oneDNN on this CPU). 1e-5 leaves room for other CPUs'
+# kernels; the test checks that no two probabilities of an image are that close, so labels
+# compare exactly.
+PROBABILITY_ATOL = 1e-5
+# Two replicas sum their gradients and batch statistics in another order than one device. Seen
+# after 6 steps: up to 1e-6 on the trained weights, 8e-6 (1e-5 relative) on the recalibrated
+# batch-norm variances, whose E[x^2] - E[x]^2 loses digits; 1e-2 with per-replica batch norm.
+WEIGHT_RTOL, WEIGHT_ATOL = 1e-4, 1e-5
+# Training numerics without noise: dropout and stochastic depth masks are random draws per
+# replica, which no other layout of the batch reproduces.
+NO_NOISE = ["--dropout_rate=0", "--survival_prob=1"]
+
+# main.py run once per argument list (JSON in argv[1]) in one process with two logical CPU
+# devices, configured before TensorFlow initialises them; one process: one TensorFlow start.
+TWO_CPUS_RUNS = """
+import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from absl import app
+from absl import flags
 import main
-app.run(main.main)
+for args in json.loads(sys.argv[1]):
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["main.py", *args])
+  main.main(["main.py"])
 """
 
 
@@ -58,27 +85,61 @@ def _files(directory, pattern):
   return {p.name: p.read_bytes() for p in directory.glob(pattern)}
 
 
+def _prediction_records(path):
+  """{field: its values in every record, in order}: float fields as a float32 array, the others
+  as lists."""
+  found, floats = collections.defaultdict(list), set()
+  for serialized in tf.data.TFRecordDataset(str(path)):
+    feature = tf.train.Example.FromString(serialized.numpy()).features.feature
+    for field in feature:
+      found[field].append(list(feature[field].ListFields()[0][1].value))
+      if feature[field].HasField("float_list"):
+        floats.add(field)
+  return {field: np.array(values, np.float32) if field in floats else values
+          for field, values in found.items()}
+
+
 def test_predict_workers_split_the_shards_without_overlap_or_gap(tmp_path):
   unlabeled = _convert(tmp_path, "unlabeled", 30, 2, num_shards=5, unlabeled=True)
   teacher = tmp_path / "teacher.keras"
-  efficientnet.build_model("efficientnet-b0", NUM_CLASSES, small_image=True, image_size=16,
-                           width_coefficient=0.1, depth_coefficient=0.1).save(teacher)
+  keras.utils.set_random_seed(0)  # the same teacher every run: the tie check below holds for it
+  model = efficientnet.build_model("efficientnet-b0", NUM_CLASSES, small_image=True,
+                                   image_size=16, width_coefficient=0.1, depth_coefficient=0.1)
+  # Random weights give soft labels within 0.01 of uniform, some within noise of a tie; larger
+  # logits spread them.
+  model.get_layer("predictions").kernel.assign(model.get_layer("predictions").kernel * 300)
+  model.save(teacher)
   common = ["--mode=predict", f"--checkpoint={teacher}", f"--unlabeled_data={unlabeled}",
             "--batch_size=8", *TINY_MODEL]
   run(*common, f"--output={tmp_path / 'one'}")
   for index in range(3):  # three machines writing into one directory
     run(*common, f"--output={tmp_path / 'three'}", "--num_workers=3", f"--worker_index={index}")
 
-  one = _files(tmp_path / "one", "unlabeled-*")
-  assert len(one) == 5 and _files(tmp_path / "three", "unlabeled-*") == one
+  one = sorted(_files(tmp_path / "one", "unlabeled-*"))
+  assert len(one) == 5 and sorted(_files(tmp_path / "three", "unlabeled-*")) == one
+  for name in one:  # the same records in the same order, whichever worker wrote them
+    want = _prediction_records(tmp_path / "one" / name)
+    got = _prediction_records(tmp_path / "three" / name)
+    assert sorted(got) == sorted(want) == sorted(
+        [records.KEY, records.LABEL, records.PROBABILITIES, records.CONFIDENCE])
+    assert got[records.KEY] == want[records.KEY] and got[records.LABEL] == want[records.LABEL]
+    ranked = np.sort(want[records.PROBABILITIES], axis=1)
+    assert np.diff(ranked, axis=1).min() > 2 * PROBABILITY_ATOL  # no label within noise of a tie
+    for field in (records.PROBABILITIES, records.CONFIDENCE):
+      np.testing.assert_allclose(got[field], want[field], rtol=0, atol=PROBABILITY_ATOL,
+                                 err_msg=f"{name} {field}")
   shares = [json.loads((tmp_path / "three" / f"summary-{i:05d}-of-00003.json").read_text())
             for i in range(3)]
   names = [[entry["output"] for entry in share["shards"]] for share in shares]
   assert [len(n) for n in names] == [2, 2, 1]
-  assert sorted(sum(names, [])) == sorted(one)  # disjoint, and together every shard
+  assert sorted(sum(names, [])) == one  # disjoint, and together every shard
   assert sum(share["images"] for share in shares) == 30
 
-  # The filter reads the three workers' output as it reads the one worker's.
+  # The filter reads the three workers' output as it reads the one worker's. Its cuts depend on
+  # confidences, which may differ by float noise, so both get the same prediction records: the
+  # three workers' summaries with the one worker's shards.
+  for name in one:
+    (tmp_path / "three" / name).write_bytes((tmp_path / "one" / name).read_bytes())
   for source in ("one", "three"):
     run("--mode=filter", f"--predictions={tmp_path / source}", f"--unlabeled_data={unlabeled}",
         f"--output={tmp_path / f'filtered_{source}'}", "--images_per_class=10", "--num_shards=2")
@@ -104,14 +165,34 @@ def _check_finished(workdir):
   return history
 
 
-@pytest.mark.slow
-def test_mirrored_strategy_over_two_logical_cpus_trains(labeled, tmp_path):
-  workdir = tmp_path / "mirrored"
-  result = subprocess.run([sys.executable, "-c", TWO_CPUS_MAIN,
-                           *_train_args(labeled, workdir, "mirrored")],
+def _assert_same_weights(got_dir, want_dir):
+  """The saved models of two train runs (EMA weights, recalibrated batch-norm statistics) agree
+  within WEIGHT_RTOL and WEIGHT_ATOL, and training moved them far beyond that."""
+  got, want = [{w.path: np.asarray(w) for w in
+                keras.models.load_model(d / "model.keras", compile=False).weights}
+               for d in (got_dir, want_dir)]
+  assert sorted(got) == sorted(want)
+  for path, value in want.items():
+    np.testing.assert_allclose(got[path], value, rtol=WEIGHT_RTOL, atol=WEIGHT_ATOL, err_msg=path)
+  # Train's starting weights (--seed=0, NO_NOISE: no dropout layers drawing seeds). Seen: the
+  # trainable weights move by up to 9e-3 in 6 steps.
+  keras.utils.set_random_seed(0)
+  start = efficientnet.build_model("efficientnet-b0", NUM_CLASSES, small_image=True,
+                                   image_size=16, width_coefficient=0.1, depth_coefficient=0.1,
+                                   dropout_rate=0, survival_prob=1)
+  moved = max(np.abs(want[w.path] - np.asarray(w)).max() for w in start.trainable_weights)
+  assert moved > 100 * WEIGHT_ATOL
+
+
+# In the default run: the only check of training numerics over several devices.
+def test_mirrored_strategy_over_two_logical_cpus_equals_one_device(labeled, tmp_path):
+  runs = [[*_train_args(labeled, tmp_path / strategy, strategy), *NO_NOISE]
+          for strategy in ("mirrored", "cpu")]
+  result = subprocess.run([sys.executable, "-c", TWO_CPUS_RUNS, json.dumps(runs)],
                           capture_output=True, text=True, cwd=ROOT, timeout=RUN_TIMEOUT_S)
   assert result.returncode == 0, result.stderr[-3000:]
-  _check_finished(workdir)
+  _check_finished(tmp_path / "mirrored")
+  _assert_same_weights(tmp_path / "mirrored", tmp_path / "cpu")
 
 
 def _free_ports(count):
@@ -151,16 +232,34 @@ def _run_workers(tmp_path, args, count=2):
   return [(tmp_path / f"worker{index}.log").read_text() for index in range(count)]
 
 
+def _rows_of_two_workers(labeled_dataset, rows_per_step):
+  """A `pipeline.labeled_dataset` for a one-device run that trains on what two workers train on:
+  under MultiWorkerMirroredStrategy each worker's replica takes the next `rows_per_step` rows of
+  that worker's own stream (`num_workers=2`) at every step."""
+  def rows(data, config, *, num_workers, worker_index, **kwargs):
+    assert (num_workers, worker_index) == (1, 0)
+    streams = [labeled_dataset(data, config, num_workers=2, worker_index=index,
+                               **kwargs).batch(rows_per_step) for index in range(2)]
+    return tf.data.Dataset.zip(*streams).map(
+        lambda a, b: (tf.concat([a[0], b[0]], 0), tf.concat([a[1], b[1]], 0))).unbatch()
+  return rows
+
+
 # In the default run: Keras 3's fit needs workarounds under this strategy (train.py,
 # _fit_under_multi_worker) that a Keras upgrade may break.
 def test_multi_worker_strategy_with_two_local_workers_trains_and_only_the_chief_writes(
-    labeled, tmp_path):
+    labeled, tmp_path, monkeypatch):
   workdir = tmp_path / "multi_worker"
-  _run_workers(tmp_path, _train_args(labeled, workdir, "multi_worker"))
+  _run_workers(tmp_path, [*_train_args(labeled, workdir, "multi_worker"), *NO_NOISE])
   _check_finished(workdir)
   # One writer, the chief: one TensorBoard event file; the other worker's outputs are gone.
   assert len(list((workdir / "tensorboard").rglob("events.out.tfevents.*"))) == 1
   assert not os.listdir(tmp_path / "tmp1")
+  # The chief saved what one device trains on the same rows per step: 4 from each worker.
+  monkeypatch.setattr(pipeline, "labeled_dataset",
+                      _rows_of_two_workers(pipeline.labeled_dataset, 4))
+  run(*_train_args(labeled, tmp_path / "one_device", "cpu"), *NO_NOISE)
+  _assert_same_weights(workdir, tmp_path / "one_device")
 
 
 # In the default run: the only check of iterate's division of work between workers.
