@@ -195,7 +195,7 @@ flags.DEFINE_bool("teacher_noise", True, "iterate: train the first teacher with 
 @flags.multi_flags_validator(["final_learning_rate", "base_learning_rate", "lr_decay_factor"])
 def _check_final_learning_rate(values):
   if values["final_learning_rate"] is not None:
-    from noisy_student import schedules  # pylint: disable=g-import-not-at-top
+    from noisy_student.training import schedules  # pylint: disable=g-import-not-at-top
     try:
       schedules.check_final_learning_rate(values["base_learning_rate"],
                                           values["final_learning_rate"],
@@ -228,7 +228,7 @@ def _check_epsilons(value):
 def train_config(**overrides):
   """The TrainConfig of this command: every field from the flag of the same name (fields
   without a flag keep their defaults), then `overrides`."""
-  from noisy_student import train  # pylint: disable=g-import-not-at-top
+  from noisy_student.phases import train  # pylint: disable=g-import-not-at-top
   values = {field.name: FLAGS[field.name].value for field in dataclasses.fields(train.TrainConfig)
             if field.name in FLAGS}
   values["ema_decay"] = FLAGS.ema_decay or None  # --ema_decay=0 turns the average off
@@ -242,7 +242,7 @@ def train_config(**overrides):
 def predict_config():
   """The PredictConfig of this command, every field from the flag of the same name (its batch
   size from --inference_batch_size)."""
-  from noisy_student import predict  # pylint: disable=g-import-not-at-top
+  from noisy_student.phases import predict  # pylint: disable=g-import-not-at-top
   values = {field.name: FLAGS[field.name].value
             for field in dataclasses.fields(predict.PredictConfig) if field.name != "batch_size"}
   return predict.PredictConfig(batch_size=FLAGS.inference_batch_size, **values)
@@ -310,7 +310,7 @@ def finetune_config():
 
 
 def run_train(finetune=False):
-  from noisy_student import train  # pylint: disable=g-import-not-at-top
+  from noisy_student.phases import train  # pylint: disable=g-import-not-at-top
   config = finetune_config() if finetune else train_config()
   # FixRes fine-tuning trains on labeled images only, whatever a shared recipe says.
   pseudo = None if finetune else FLAGS.pseudo_labeled_data
@@ -353,7 +353,7 @@ def _preprocess_for(checkpoint, model=None):
 
 
 def run_predict():
-  from noisy_student import predict  # pylint: disable=g-import-not-at-top
+  from noisy_student.phases import predict  # pylint: disable=g-import-not-at-top
   if not FLAGS.output:
     raise app.UsageError("predict needs --output")
   config = predict_config()
@@ -365,7 +365,7 @@ def run_predict():
 
 def run_filter():
   from noisy_student import filter_balance  # pylint: disable=g-import-not-at-top
-  from noisy_student import filter_phase  # pylint: disable=g-import-not-at-top
+  from noisy_student.phases import filter_phase  # pylint: disable=g-import-not-at-top
   filter_balance.return_freed_memory_promptly()  # memory bounded by what is kept
   if not (FLAGS.predictions and FLAGS.output):
     raise app.UsageError("filter needs --predictions and --output")
@@ -376,7 +376,7 @@ def run_filter():
 
 
 def run_beam():
-  from noisy_student import beam_pipeline  # pylint: disable=g-import-not-at-top
+  from noisy_student.phases import beam_pipeline  # pylint: disable=g-import-not-at-top
   if not (FLAGS.checkpoint and FLAGS.output):
     raise app.UsageError("beam needs --checkpoint and --output")
   result = beam_pipeline.run_beam(
@@ -398,7 +398,7 @@ def _manifest_classes(data):
 
 def run_eval():
   from data import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
-  from noisy_student import evaluate  # pylint: disable=g-import-not-at-top
+  from noisy_student.phases import evaluate  # pylint: disable=g-import-not-at-top
   model = _model_for(FLAGS.checkpoint, _manifest_classes(FLAGS.eval_data))
   prep = _preprocess_for(FLAGS.checkpoint, model)
   output = FLAGS.output or FLAGS.workdir
@@ -408,7 +408,7 @@ def run_eval():
   def robustness_results(unused_metrics):
     if not (FLAGS.robustness or FLAGS.corrupted_data):
       return {}
-    from noisy_student import robustness  # pylint: disable=g-import-not-at-top
+    from noisy_student.phases import robustness  # pylint: disable=g-import-not-at-top
     # The pre-made set's labels follow the clean eval set's class names when it has them.
     return {"robustness": robustness.robustness_phase(
         model, FLAGS.eval_data, prep, output, FLAGS.robustness,
@@ -428,7 +428,7 @@ def run_eval():
 
 
 def run_iterate():
-  from noisy_student import iterate  # pylint: disable=g-import-not-at-top
+  from noisy_student.phases import iterate  # pylint: disable=g-import-not-at-top
   students = FLAGS.student_models or [FLAGS.model] * FLAGS.iterations
   if len(students) != FLAGS.iterations:
     raise app.UsageError(f"--student_models lists {len(students)} models for "

@@ -32,7 +32,7 @@ import efficientnet  # noqa: E402
 from data import convert  # noqa: E402
 from data import pipeline  # noqa: E402
 from data import preprocess  # noqa: E402
-from noisy_student import predict  # noqa: E402
+from noisy_student.phases import predict  # noqa: E402
 
 
 def raw_rate(model, images, batch_size):

@@ -19,8 +19,8 @@ import efficientnet
 import main
 from data import convert
 from data import records
-from noisy_student import optimizers
-from noisy_student import predict
+from noisy_student.training import optimizers
+from noisy_student.phases import predict
 
 TINY = dict(small_image=True, image_size=16, width_coefficient=0.1, depth_coefficient=0.1)
 TINY_MODEL = ["--small_image", "--image_size=16", "--width_coefficient=0.1",

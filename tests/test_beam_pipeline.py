@@ -25,10 +25,10 @@ import main  # noqa: E402
 from data import pipeline  # noqa: E402
 from data import preprocess  # noqa: E402
 from data import records  # noqa: E402
-from noisy_student import beam_pipeline  # noqa: E402
+from noisy_student.phases import beam_pipeline  # noqa: E402
 from noisy_student import filter_balance  # noqa: E402
-from noisy_student import filter_phase  # noqa: E402
-from noisy_student import predict  # noqa: E402
+from noisy_student.phases import filter_phase  # noqa: E402
+from noisy_student.phases import predict  # noqa: E402
 
 PREPROCESS = preprocess.PreprocessConfig(image_size=16, small_image=True)
 NUM_CLASSES = 3

@@ -25,7 +25,7 @@ import main
 from data import convert
 from data import pipeline
 from data import records
-from noisy_student import train
+from noisy_student.phases import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_MODEL = ["--small_image", "--image_size=16", "--width_coefficient=0.1",

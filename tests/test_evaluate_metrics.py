@@ -1,4 +1,4 @@
-"""noisy_student.evaluate.classification_metrics against a NumPy oracle written here.
+"""noisy_student.phases.evaluate.classification_metrics against a NumPy oracle written here.
 
 The oracle is argmax semantics stated with NumPy's own ranking: top-1 is `np.argmax`, top-5 the
 first five of `np.argsort(-logits, kind="stable")` (ties go to the lower class index in both),
@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from scipy import special
 
-from noisy_student import evaluate
+from noisy_student.phases import evaluate
 
 NUM_CLASSES = 10
 

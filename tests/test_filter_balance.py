@@ -10,7 +10,7 @@ import tensorflow as tf
 from data import manifest as manifest_lib
 from data import records
 from noisy_student import filter_balance
-from noisy_student import filter_phase
+from noisy_student.phases import filter_phase
 
 
 def _reference(labels, confidences, ids, *, num_classes, threshold, images_per_class, duplicate,

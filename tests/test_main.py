@@ -216,9 +216,9 @@ def test_flag_choices_are_the_modules_own():
   from data import pipeline  # pylint: disable=g-import-not-at-top
   from noisy_student import checkpoints  # pylint: disable=g-import-not-at-top
   from noisy_student import distribute  # pylint: disable=g-import-not-at-top
-  from noisy_student import losses  # pylint: disable=g-import-not-at-top
-  from noisy_student import robustness  # pylint: disable=g-import-not-at-top
-  from noisy_student import train  # pylint: disable=g-import-not-at-top
+  from noisy_student.training import losses  # pylint: disable=g-import-not-at-top
+  from noisy_student.phases import robustness  # pylint: disable=g-import-not-at-top
+  from noisy_student.phases import train  # pylint: disable=g-import-not-at-top
   choices = lambda name: tuple(flags.FLAGS[name].parser.enum_values)
   assert choices("source") == convert.SOURCES
   assert choices("strategy") == distribute.STRATEGIES
@@ -264,7 +264,7 @@ def test_layers_point_one_way():
   for package, forbidden in (("efficientnet", ("noisy_student", "data")),
                              ("data", ("noisy_student", "efficientnet")),
                              ("noisy_student", ())):
-    for path in (ROOT / package).glob("*.py"):
+    for path in (ROOT / package).rglob("*.py"):  # sub-packages too
       imported = set(_imports(path))
       assert "absl.flags" not in imported, f"{path} reads flags; only main.py may"
       for name in imported:
@@ -274,7 +274,7 @@ def test_layers_point_one_way():
 
 def test_iterate_table_gives_each_rounds_top1_and_its_change_over_the_teacher():
   """The table iterate prints and saves: the benchmark's seed-0 figures, worked by hand."""
-  from noisy_student import iterate  # pylint: disable=g-import-not-at-top
+  from noisy_student.phases import iterate  # pylint: disable=g-import-not-at-top
   rounds = [{"round": 0, "role": "teacher", "model": "efficientnet-b0", "top1": 0.816},
             {"round": 1, "role": "student", "model": "efficientnet-b0", "top1": 0.8261},
             {"round": 2, "role": "student", "model": "efficientnet-b1", "top1": 0.8265}]
@@ -365,7 +365,7 @@ def test_benchmark_refuses_to_continue_results_of_other_settings(tmp_path):
 def test_iterate_refuses_to_resume_a_workdir_under_other_settings(tmp_path, caplog):
   """A rerun may continue a run (same settings, or more rounds) but not reuse the finished
   phases of a run with other settings; a workdir from before the settings file only warns."""
-  from noisy_student import iterate  # pylint: disable=g-import-not-at-top
+  from noisy_student.phases import iterate  # pylint: disable=g-import-not-at-top
   settings = {"teacher_config": {"epochs": 100, "seed": 0}, "student_models": ["efficientnet-b0"],
               "filter_args": {"threshold": 0.3}, "labeled_data": "data/labeled"}
   iterate.check_settings(str(tmp_path), settings)
@@ -402,7 +402,7 @@ def test_iterate_teacher_noise_off_leaves_the_students_noised(monkeypatch, teach
   stochastic depth; the students (the teacher's config with the overrides, as iterate builds
   them) keep the noise flags."""
   import dataclasses  # pylint: disable=g-import-not-at-top
-  from noisy_student import iterate  # pylint: disable=g-import-not-at-top
+  from noisy_student.phases import iterate  # pylint: disable=g-import-not-at-top
   seen = {}
   monkeypatch.setattr(iterate, "iterate", lambda teacher, students, workdir, **kwargs: (
       seen.update(teacher=teacher, **kwargs), {"table": []})[1])

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from data import corruptions
 from noisy_student import plots
-from noisy_student import robustness
+from noisy_student.phases import robustness
 
 RANDOM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "motion_blur", "fog")
 

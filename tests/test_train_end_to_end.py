@@ -27,8 +27,8 @@ from absl import flags
 
 import main
 from data import pipeline
-from noisy_student import ema
-from noisy_student import train
+from noisy_student.training import ema
+from noisy_student.phases import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_MODEL = ["--small_image", "--image_size=16", "--width_coefficient=0.1",

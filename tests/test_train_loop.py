@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from noisy_student import train
+from noisy_student.phases import train
 
 
 @pytest.mark.parametrize("total,per_epoch,expected", [

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 import efficientnet
-from noisy_student import ema
-from noisy_student import losses
-from noisy_student import optimizers
-from noisy_student import schedules
+from noisy_student.training import ema
+from noisy_student.training import losses
+from noisy_student.training import optimizers
+from noisy_student.training import schedules
 
 NUM_CLASSES = 4
 LABEL_SMOOTHING = 0.1
@@ -435,7 +435,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     import numpy as np, tensorflow as tf, keras
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from noisy_student import ema, losses, optimizers
+    from noisy_student.training import ema, losses, optimizers
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 5)).astype("float32")

@@ -48,9 +48,9 @@ from noisy_student import filter_balance
 # The per-shard passes and the output layout of the two phases are used as they are, module-private
 # names included, so that this path cannot drift from the single-machine one.
 # pylint: disable=protected-access
-from noisy_student import filter_phase
+from noisy_student.phases import filter_phase
 from noisy_student import plots
-from noisy_student import predict
+from noisy_student.phases import predict
 
 PREDICT_DIR, FILTER_DIR = "predict", "filter"
 DEFAULT_RUNNER = "FnApiRunner"

@@ -32,7 +32,7 @@ from data import pipeline
 from data import preprocess
 from data import records
 from noisy_student import plots
-from noisy_student import predict as predict_lib
+from noisy_student.phases import predict as predict_lib
 
 KINDS = ("corruptions", "perturbations", "fgsm")
 DEFAULT_EPSILONS = (1, 2, 4, 8)

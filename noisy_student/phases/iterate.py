@@ -23,12 +23,12 @@ import efficientnet
 from data import manifest as manifest_lib
 from data import records
 from noisy_student import checkpoints
-from noisy_student import evaluate
+from noisy_student.phases import evaluate
 from noisy_student import filter_balance
-from noisy_student import filter_phase
+from noisy_student.phases import filter_phase
 from noisy_student import plots
-from noisy_student import predict
-from noisy_student import train
+from noisy_student.phases import predict
+from noisy_student.phases import train
 
 DONE = "DONE"
 SETTINGS = "iterate_settings.json"

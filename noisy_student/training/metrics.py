@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from noisy_student import losses
+from noisy_student.training import losses
 
 
 @keras.saving.register_keras_serializable(package="noisy_student")

@@ -16,7 +16,7 @@ epsilon=1e-3)` has the same update but starts `ms` at zeros: its first step per 
 import keras
 from keras import ops
 
-from noisy_student import ema
+from noisy_student.training import ema
 
 
 @keras.saving.register_keras_serializable(package="noisy_student")

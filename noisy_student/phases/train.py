@@ -29,15 +29,15 @@ from data import manifest as manifest_lib
 from data import pipeline
 from data import preprocess
 from data import records
-from noisy_student import batch_norm
+from noisy_student.training import batch_norm
 from noisy_student import checkpoints
-from noisy_student import ema
-from noisy_student import evaluate
-from noisy_student import losses
-from noisy_student import metrics
-from noisy_student import optimizers
+from noisy_student.training import ema
+from noisy_student.phases import evaluate
+from noisy_student.training import losses
+from noisy_student.training import metrics
+from noisy_student.training import optimizers
 from noisy_student import plots
-from noisy_student import schedules
+from noisy_student.training import schedules
 
 MAX_STEPS_PER_KERAS_EPOCH = 1000  # backups and TensorBoard points at least this often
 NORMALIZATIONS = ("manifest", "imagenet", "svhn")
