@@ -278,7 +278,8 @@ def run_robustness(recipe, seed, work, num_images, done=None):
     baseline = ([f"--robustness_baseline={runs}/robustness_teacher/robustness.json"]
                 if role != "teacher" else [])
     wall[role] = main_py(recipe, "--mode=eval", f"--checkpoint={runs}/{model_dir}",
-                         f"--eval_data={subset}", f"--output={output}", f"--seed={seed}",
+                         f"--eval_data={subset}", "--validation_data=", f"--output={output}",
+                         f"--seed={seed}",
                          "--robustness=corruptions,perturbations,fgsm", *baseline)
     results[role] = _json(output, "robustness.json")
   return {"results": results, "wall_seconds": wall, "images": num_images}
