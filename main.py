@@ -150,9 +150,10 @@ flags.DEFINE_integer("worker_index", 0, "predict: this machine's index.", lower_
 flags.DEFINE_string("predictions", None, "filter: predict's output directory.")
 flags.DEFINE_float("confidence_threshold", filter_balance.FilterRule.threshold,
                    "filter: keep confidence >= this.", lower_bound=0, upper_bound=1)
-flags.DEFINE_integer("images_per_class", filter_balance.FilterRule.images_per_class, "filter: per-class target N: exactly the N most "
-                     "confident (the reference keeps a random subset of expected size N above a "
-                     "per-class threshold on a 0.01 grid).", lower_bound=1)
+flags.DEFINE_integer("images_per_class", filter_balance.FilterRule.images_per_class,
+                     "filter: per-class target N: exactly the N most confident (the reference "
+                     "keeps a random subset of expected size N above a per-class threshold on a "
+                     "0.01 grid).", lower_bound=1)
 flags.DEFINE_bool("balance", True, "filter: keep the N most confident per class (off: keep all "
                   "above the threshold).")
 flags.DEFINE_bool("duplicate_to_balance", True, "filter: fill short classes to exactly N by "
@@ -444,7 +445,8 @@ def run_iterate():
       teacher, students, FLAGS.workdir, labeled_data=FLAGS.labeled_data,
       unlabeled_data=FLAGS.unlabeled_data, eval_data=FLAGS.eval_data,
       validation_data=FLAGS.validation_data, predict_config=predict_config(),
-      filter_rule=filter_rule(), strategy=_strategy(), student_overrides=student_overrides, student_init=FLAGS.student_init)
+      filter_rule=filter_rule(), strategy=_strategy(), student_overrides=student_overrides,
+      student_init=FLAGS.student_init)
   print("\n".join(summary["table"]))
 
 

@@ -319,8 +319,11 @@ def print_tables(results):
     cells = []
     for _, r in seeds:
       val, test = r.get("validation", {}).get(row), r[row]
-      cells.append("-" if test is None else
-                   f"{100 * val:.2f} / {100 * test:.2f}" if val is not None else f"{100 * test:.2f}")
+      if test is None:
+        cells.append("-")
+      else:
+        cells.append(f"{100 * val:.2f} / {100 * test:.2f}" if val is not None
+                     else f"{100 * test:.2f}")
     val_mean, _ = _mean_spread([r.get("validation", {}).get(row) for _, r in seeds])
     mean, spread = _mean_spread([r[row] for _, r in seeds])
     print(f"| {row} | {' | '.join(cells)} | {val_mean} | {mean} | {spread} |")

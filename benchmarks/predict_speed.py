@@ -112,8 +112,9 @@ def main():
             f"{steady[-1]:,.0f} img/s (ratio {steady[-1] / raw[-1]:.2f})", flush=True)
     kind = "small-image, PNG" if small else "JPEG"
     print(f"| {args.images} images {size}x{size} ({kind}), batch {args.batch_size}, b0 "
-          f"w{args.width:g} d{args.depth:g} | raw inference {max(raw):,.0f} img/s | predict end to end "
-          f"{max(end_to_end):,.0f} img/s | ratio {max(end_to_end) / max(raw):.2f} | less the "
+          f"w{args.width:g} d{args.depth:g} | raw inference {max(raw):,.0f} img/s | predict end "
+          f"to end {max(end_to_end):,.0f} img/s | ratio {max(end_to_end) / max(raw):.2f} | less "
+          f"the "
           f"one trace {max(steady):,.0f} img/s | ratio {max(steady) / max(raw):.2f} |")
   finally:
     shutil.rmtree(root)

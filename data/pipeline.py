@@ -128,8 +128,8 @@ def labeled_dataset(data, config, *, batch_size=None, num_classes=None, seed=0, 
 
 
 def pseudo_labeled_dataset(data, config, *, num_classes, pseudo_labels="soft", temperature=1.0,
-                           batch_size=None, seed=1, num_workers=1, worker_index=0, shuffle_buffer=SHUFFLE_BUFFER,
-                           repeat=True, split=None, skip=0):
+                           batch_size=None, seed=1, num_workers=1, worker_index=0,
+                           shuffle_buffer=SHUFFLE_BUFFER, repeat=True, split=None, skip=0):
   """Augmented stream over filter output (pseudo-labeled training shards).
 
   Records hold `probabilities` (C floats), or `top_k_classes` + `top_k_probabilities` (scattered

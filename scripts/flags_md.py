@@ -16,11 +16,13 @@ import main  # noqa: E402
 GROUPS = (
     ("Common (every mode)", "mode workdir model image_size small_image pad_crop "
      "width_coefficient "
-     "depth_coefficient num_classes seed strategy tpu mixed_precision batch_size inference_batch_size "
+     "depth_coefficient num_classes seed strategy tpu mixed_precision batch_size "
+     "inference_batch_size "
      "normalization"),
     ("Data (train, finetune, predict, filter, eval, iterate)",
      "labeled_data unlabeled_data eval_data validation_data pseudo_labeled_data"),
-    ("convert", "source input output split num_shards unlabeled limit class_names labeled_per_class "
+    ("convert", "source input output split num_shards unlabeled limit class_names "
+     "labeled_per_class "
      "validation_per_class"),
     ("train and finetune (also iterate)",
      "epochs train_steps unlabeled_batch_ratio pseudo_labels temperature init_checkpoint "

@@ -23,8 +23,8 @@ import tensorflow as tf
 
 
 def _layers(model, kind):
-  return [layer for layer in model._flatten_layers(include_self=False)  # pylint: disable=protected-access
-          if isinstance(layer, kind)]
+  layers = model._flatten_layers(include_self=False)  # pylint: disable=protected-access
+  return [layer for layer in layers if isinstance(layer, kind)]
 
 
 @contextlib.contextmanager
