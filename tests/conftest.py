@@ -1,7 +1,9 @@
 """Fixtures more than one test file uses."""
 
+import collections
 import os
 
+import numpy as np
 import pytest
 
 
@@ -20,3 +22,22 @@ def plot_labels(monkeypatch):
 
   monkeypatch.setattr(plots, "_save", capture)
   return seen
+
+
+@pytest.fixture
+def prediction_records():
+  """Reads a prediction shard: {field: its values in every record, in order}, float fields as a
+  float32 array (NaN soft labels of undecodable images included), the others as lists."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  def read(path):
+    found, floats = collections.defaultdict(list), set()
+    for serialized in tf.data.TFRecordDataset(str(path)):
+      feature = tf.train.Example.FromString(serialized.numpy()).features.feature
+      for field in feature:
+        found[field].append(list(feature[field].ListFields()[0][1].value))
+        if feature[field].HasField("float_list"):
+          floats.add(field)
+    return {field: np.array(values, np.float32) if field in floats else values
+            for field, values in found.items()}
+  return read

@@ -83,28 +83,14 @@ def _single_machine_predict(root, out, config):
                         config)
 
 
-def _prediction_records(path):
-  """{field: its values in every record, in order}: float fields as a float32 array (NaN soft
-  labels of undecodable images included), the others as lists."""
-  found, floats = collections.defaultdict(list), set()
-  for serialized in tf.data.TFRecordDataset(str(path)):
-    feature = tf.train.Example.FromString(serialized.numpy()).features.feature
-    for field in feature:
-      found[field].append(list(feature[field].ListFields()[0][1].value))
-      if feature[field].HasField("float_list"):
-        floats.add(field)
-  return {field: np.array(values, np.float32) if field in floats else values
-          for field, values in found.items()}
-
-
-def _assert_same_predictions(expected, actual):
+def _assert_same_predictions(expected, actual, read):
   """Prediction shards of two directories: the same files, each with the same records in the
   same order (keys, labels, top-k classes exactly; soft labels and confidence within tolerance).
   """
   names = sorted(n for n in os.listdir(expected) if n.endswith(".tfrecord"))
   assert sorted(n for n in os.listdir(actual) if n.endswith(".tfrecord")) == names
   for name in names:
-    want, got = _prediction_records(expected / name), _prediction_records(actual / name)
+    want, got = read(expected / name), read(actual / name)
     assert sorted(got) == sorted(want), name
     for field in want:
       if field in (records.PROBABILITIES, records.CONFIDENCE, records.TOP_K_PROBABILITIES):
@@ -127,13 +113,13 @@ def _training_records(directory):
   return found
 
 
-def _compare(single, beamed, rule, num_shards):
+def _compare(single, beamed, rule, num_shards, read):
   """Beam's predictions against the single machine's, and Beam's filter output against
   filter_phase's on Beam's prediction files (the same input, so the same bytes)."""
   summaries = [json.loads((d / "summary.json").read_text()) for d in (single, beamed / "predict")]
   for field in ("images", "undecodable", "num_classes", "top_k"):
     assert summaries[0][field] == summaries[1][field], field
-  _assert_same_predictions(single, beamed / "predict")
+  _assert_same_predictions(single, beamed / "predict", read)
 
   oracle = beamed.parent / "oracle_filter"
   filter_phase.filter_and_balance_phase(str(beamed / "predict"), None, str(oracle), rule,
@@ -150,13 +136,14 @@ def _compare(single, beamed, rule, num_shards):
   return stats[1]
 
 
-def test_beam_equals_single_machine_with_balancing_and_copies(inputs, tmp_path):
+def test_beam_equals_single_machine_with_balancing_and_copies(inputs, tmp_path,
+                                                              prediction_records):
   config = predict.PredictConfig(batch_size=8)
   rule = filter_balance.FilterRule(threshold=0.39, images_per_class=8, duplicate=True, seed=5)
   _single_machine_predict(inputs, tmp_path / "single", config)
   beam_pipeline.run_beam(str(inputs / "teacher.keras"), str(inputs / "unlabeled" / "*.tfrecord"),
                          str(tmp_path / "beam"), PREPROCESS, config, rule, num_shards=3)
-  stats = _compare(tmp_path / "single", tmp_path / "beam", rule, 3)
+  stats = _compare(tmp_path / "single", tmp_path / "beam", rule, 3, prediction_records)
   per_class = stats["per_class"]
   # The data exercises every part of the rule: the undecodable image, the threshold, a class cut
   # to N and a class filled to N by copies.
@@ -166,7 +153,7 @@ def test_beam_equals_single_machine_with_balancing_and_copies(inputs, tmp_path):
   assert not list(tmp_path.rglob(".tmp-*"))
 
 
-def test_main_beam_mode_top_k_without_balancing(inputs, tmp_path):
+def test_main_beam_mode_top_k_without_balancing(inputs, tmp_path, prediction_records):
   _single_machine_predict(inputs, tmp_path / "single", predict.PredictConfig(top_k=2, batch_size=8))
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["main.py", "--mode=beam", f"--checkpoint={inputs / 'teacher.keras'}",
@@ -177,5 +164,5 @@ def test_main_beam_mode_top_k_without_balancing(inputs, tmp_path):
                "--beam_options=--runner=FnApiRunner"])
   main.main(["main.py"])
   rule = filter_balance.FilterRule(threshold=0.5, images_per_class=None, seed=3)
-  stats = _compare(tmp_path / "single", tmp_path / "beam", rule, 2)
+  stats = _compare(tmp_path / "single", tmp_path / "beam", rule, 2, prediction_records)
   assert stats["soft_label"] == "top_k" and stats["totals"]["with_copies"] > 0

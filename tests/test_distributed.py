@@ -6,7 +6,6 @@ the same code; README.md gives its command.
 The oracle of a distributed run is the same run on one device: predictions record by record,
 trained weights within a float tolerance."""
 
-import collections
 import json
 import os
 import pathlib
@@ -85,21 +84,7 @@ def _files(directory, pattern):
   return {p.name: p.read_bytes() for p in directory.glob(pattern)}
 
 
-def _prediction_records(path):
-  """{field: its values in every record, in order}: float fields as a float32 array, the others
-  as lists."""
-  found, floats = collections.defaultdict(list), set()
-  for serialized in tf.data.TFRecordDataset(str(path)):
-    feature = tf.train.Example.FromString(serialized.numpy()).features.feature
-    for field in feature:
-      found[field].append(list(feature[field].ListFields()[0][1].value))
-      if feature[field].HasField("float_list"):
-        floats.add(field)
-  return {field: np.array(values, np.float32) if field in floats else values
-          for field, values in found.items()}
-
-
-def test_predict_workers_split_the_shards_without_overlap_or_gap(tmp_path):
+def test_predict_workers_split_the_shards_without_overlap_or_gap(tmp_path, prediction_records):
   unlabeled = _convert(tmp_path, "unlabeled", 30, 2, num_shards=5, unlabeled=True)
   teacher = tmp_path / "teacher.keras"
   keras.utils.set_random_seed(0)  # the same teacher every run: the tie check below holds for it
@@ -118,8 +103,8 @@ def test_predict_workers_split_the_shards_without_overlap_or_gap(tmp_path):
   one = sorted(_files(tmp_path / "one", "unlabeled-*"))
   assert len(one) == 5 and sorted(_files(tmp_path / "three", "unlabeled-*")) == one
   for name in one:  # the same records in the same order, whichever worker wrote them
-    want = _prediction_records(tmp_path / "one" / name)
-    got = _prediction_records(tmp_path / "three" / name)
+    want = prediction_records(tmp_path / "one" / name)
+    got = prediction_records(tmp_path / "three" / name)
     assert sorted(got) == sorted(want) == sorted(
         [records.KEY, records.LABEL, records.PROBABILITIES, records.CONFIDENCE])
     assert got[records.KEY] == want[records.KEY] and got[records.LABEL] == want[records.LABEL]

@@ -9,6 +9,7 @@ import tensorflow as tf
 from data import manifest as manifest_lib
 from data import pipeline
 from data import records
+from noisy_student.phases import predict
 
 
 def classification_metrics(logits, labels):
@@ -54,7 +55,7 @@ def classification_metrics(logits, labels):
 
 def predict_logits(model, dataset):
   """Logits and labels over an (image, label) dataset, inference mode."""
-  infer = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+  infer = predict.inference_function(model)
   logits, labels = [], []
   for images, batch_labels in dataset:
     logits.append(infer(images).numpy())

@@ -344,7 +344,7 @@ def check_inference_mode(model, config, labeled_data):
     for variable, value in zip(ema.batch_norm_statistics(model), before):
       variable.assign(value)
   found["recalibrated"] = bool(config.batch_norm_recalibration_images)
-  found["inference_top1"] = batch_norm.inference_top1(model, sample, batches)
+  found["inference_top1"] = evaluate.evaluate(model, sample.take(batches))["top1"]
   gap = found["batch_statistics_top1"] - found["inference_top1"]
   if gap > INFERENCE_GAP_WARNING:
     logging.error(

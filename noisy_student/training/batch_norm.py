@@ -11,7 +11,8 @@ its averaged statistics belong to no single set of weights either.
 over batches of training images, of the statistics that layer sees with the final weights (Wu &
 Johnson 2021, "Rethinking 'Batch' in BatchNorm", section 3). Dropout and stochastic depth are off
 during the pass; frozen layers (FixRes fine-tuning) keep theirs. `inference_gap` is the check that
-follows: top-1 on the same images with batch statistics and in inference mode.
+follows: top-1 on the same images with batch statistics (here) and in inference mode (the eval
+phase's metrics).
 """
 
 import contextlib
@@ -78,17 +79,6 @@ def recalibrate(model, dataset, max_batches):
                images_seen, batches)
   return {"batches": batches, "images": images_seen,
           "batch_statistics_top1": hits / images_seen}
-
-
-def inference_top1(model, dataset, max_batches):
-  """Top-1 of `model` in inference mode over the first `max_batches` batches of `dataset`."""
-  step = tf.function(lambda images: model(images, training=False))
-  hits = seen = 0
-  for images, labels in dataset.take(max_batches):
-    logits = step(images).numpy()
-    hits += int((_top1(logits) == _class_index(labels.numpy())).sum())
-    seen += len(logits)
-  return hits / max(seen, 1)
 
 
 def _top1(logits):
