@@ -1,4 +1,5 @@
-"""Noisy Student: `python main.py --mode=convert|train|finetune|predict|filter|eval|iterate|beam`.
+"""Noisy Student: `python main.py --mode=MODE`, MODE one of convert, train, finetune, predict, filter,
+eval, iterate, beam, export.
 
 The only module that reads flags: each mode turns them into arguments of one phase function
 (noisy_student/, data/). Every flag is documented in flags.md; `--flagfile=recipes/<name>.flags`
@@ -20,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from efficientnet import spec  # noqa: E402  (pure Python: no TensorFlow import here)
 from noisy_student import filter_balance  # noqa: E402  (NumPy only)
 
-MODES = ("convert", "train", "finetune", "predict", "filter", "eval", "iterate", "beam")
+MODES = ("convert", "train", "finetune", "predict", "filter", "eval", "iterate", "beam", "export")
 SOURCES = ("folder", "idx", "svhn_mat", "npz", "tfds")
 ROBUSTNESS = ("corruptions", "perturbations", "fgsm")
 DEFAULT_DATA = "workdir/fashion_mnist"
@@ -71,14 +72,16 @@ flags.DEFINE_enum("normalization", "manifest", ["manifest", "imagenet", "svhn"],
 # convert.
 flags.DEFINE_enum("source", "idx", SOURCES, "convert: input format.")
 flags.DEFINE_string("input", "/usr/share/datasets/fashion-mnist", "convert: input path.")
-flags.DEFINE_string("output", None, "convert/predict/filter/beam: output directory.")
+flags.DEFINE_string("output", None, "convert/predict/filter/beam/export: output directory.")
 flags.DEFINE_string("split", "train", "convert: split name (for idx also train or t10k).")
 flags.DEFINE_integer("num_shards", 4, "convert/filter/beam: number of output shards.",
                      lower_bound=1)
 flags.DEFINE_bool("unlabeled", False, "convert: drop the labels.")
 flags.DEFINE_integer("limit", None, "convert: only the first N images.", lower_bound=1)
 flags.DEFINE_list("class_names", None, "convert: class names in label order, comma-separated "
-                  "(default: the source's own, else the label numbers); reports use them.")
+                  "(default: the source's own, else the label numbers); reports use them. "
+                  "export and predict's --predictions_format table: the checkpoint's class names "
+                  "(default: its train run's labeled data's, else the label numbers).")
 flags.DEFINE_integer("labeled_per_class", None, "convert: afterwards split the converted data "
                      "into OUTPUT/labeled (N per class, seeded) and OUTPUT/unlabeled (the rest).",
                      lower_bound=1)
@@ -131,7 +134,8 @@ flags.DEFINE_bool("finetune_noise", False, "finetune: keep --dropout_rate and --
                   "always trains on eval-preprocessed images, without RandAugment or Cutout).")
 
 # predict / eval.
-flags.DEFINE_string("checkpoint", None, "predict/eval: a train workdir or .keras file, or a "
+flags.DEFINE_string("checkpoint", None, "predict/eval/export: a train workdir or .keras file, "
+                    "or a "
                     "tensorflow/tpu checkpoint with --checkpoint_format=reference.")
 flags.DEFINE_enum("checkpoint_format", "keras", ["keras", "reference"], "--checkpoint kind.")
 flags.DEFINE_integer("inference_image_size", None, "predict/eval/beam: run --checkpoint at this "
@@ -144,6 +148,11 @@ flags.DEFINE_float("temperature", 1.0, "train (student): soft targets p^(1/T) / 
 flags.DEFINE_integer("top_k", None, "predict: store only the k largest probabilities (float16).",
                      lower_bound=1)
 flags.DEFINE_integer("num_workers", 1, "predict: machines sharing the shards.", lower_bound=1)
+flags.DEFINE_enum("predictions_format", "tfrecord", ["tfrecord", "jsonl", "csv"], "predict: "
+                  "tfrecord writes the prediction shards only (what filter reads); jsonl or csv "
+                  "also writes predictions.jsonl or .csv beside them for people, one row per image "
+                  "in input order: key, path (the source file, for --source=folder data), class, "
+                  "class name, confidence and the 5 most probable classes.")
 flags.DEFINE_integer("worker_index", 0, "predict: this machine's index.", lower_bound=0)
 
 # filter.
@@ -361,7 +370,28 @@ def run_predict():
   model = _model_for(FLAGS.checkpoint, FLAGS.num_classes)
   summary = predict.predict_phase(model, FLAGS.unlabeled_data, FLAGS.output,
                                   _preprocess_for(FLAGS.checkpoint, model), config)
-  _print({k: summary[k] for k in ("images", "images_per_second")})
+  shown = {k: summary[k] for k in ("images", "images_per_second")}
+  if FLAGS.predictions_format != "tfrecord":
+    from noisy_student.phases import prediction_table  # pylint: disable=g-import-not-at-top
+    shown["table"] = prediction_table.save_prediction_table(
+        FLAGS.output, summary, FLAGS.predictions_format, _class_names(FLAGS.checkpoint, model))
+  _print(shown)
+
+
+def _class_names(checkpoint, model):
+  """--class_names, else those of `checkpoint`'s run (checkpoints.load_class_names)."""
+  from noisy_student import checkpoints  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  return FLAGS.class_names or checkpoints.load_class_names(
+      checkpoint, checkpoints.model_classes(model), checkpoint_format=FLAGS.checkpoint_format)
+
+
+def run_export():
+  from noisy_student.phases import export  # pylint: disable=g-import-not-at-top
+  if not FLAGS.output:
+    raise app.UsageError("export needs --output")
+  model = _model_for(FLAGS.checkpoint, FLAGS.num_classes)
+  _print(export.export_phase(model, _preprocess_for(FLAGS.checkpoint, model), FLAGS.output,
+                             _class_names(FLAGS.checkpoint, model)))
 
 
 def run_filter():
@@ -472,7 +502,7 @@ def check_default_data():
 
 _MODES = {"convert": run_convert, "train": run_train, "finetune": lambda: run_train(True),
           "predict": run_predict, "filter": run_filter, "eval": run_eval,
-          "iterate": run_iterate, "beam": run_beam}
+          "iterate": run_iterate, "beam": run_beam, "export": run_export}
 
 
 def main(argv):

@@ -90,12 +90,28 @@ def center_crop_window(shape, image_size):
 
 def eval_pixels(encoded, config):
   """Image bytes -> float32 [S, S, 3] on the 0-255 scale, cropped and resized, not normalised."""
-  size = config.image_size
   if config.small_image:
-    image = _resize_if_needed(decode.decode_rgb(encoded), size)
-  else:
-    image = decode.decode_and_crop(encoded, lambda shape: center_crop_window(shape, size))
-    image = resize_bicubic(image, size)
+    return _eval_resize(decode.decode_rgb(encoded), config)
+  # The window of `eval_image_pixels`; JPEGs are cropped while they decode (`decode_and_crop`, the
+  # reference's), which can move pixels near the window's edge a few levels from the whole image's.
+  image = decode.decode_and_crop(encoded,
+                                 lambda shape: center_crop_window(shape, config.image_size))
+  return _eval_resize(image, config)
+
+
+def eval_image_pixels(image, config):
+  """Decoded pixels [H, W, 3] (any size) -> what `eval_pixels` gives for their lossless
+  encoding: the eval path of a model served on pixels rather than on image bytes."""
+  if not config.small_image:
+    y, x, height, width = center_crop_window(tf.shape(image), config.image_size)
+    image = image[y:y + height, x:x + width]
+  return _eval_resize(image, config)
+
+
+def _eval_resize(image, config):
+  """The eval path after decoding and cropping: to float32 [S, S, 3]."""
+  size = config.image_size
+  image = _resize_if_needed(image, size) if config.small_image else resize_bicubic(image, size)
   return tf.cast(tf.ensure_shape(image, [size, size, 3]), tf.float32)
 
 

@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 import efficientnet
+from data import manifest
 from data import preprocess
 
 FORMATS = ("keras", "reference")  # --checkpoint_format
@@ -73,6 +74,15 @@ def load_run_config(checkpoint):
     return None
   with tf.io.gfile.GFile(path) as f:
     return json.load(f)
+
+
+def load_class_names(checkpoint, num_classes, *, checkpoint_format="keras"):
+  """The names of a checkpoint's `num_classes` classes: those of its train run's labeled data
+  (the manifest that train_config.json's labeled_data points to), else the label numbers "0",
+  "1", ... (also when that manifest is gone or names another number of classes)."""
+  run = load_run_config(checkpoint) if checkpoint_format == "keras" else None
+  names = manifest.class_names_for(run["labeled_data"], num_classes) if run else None
+  return names or [str(label) for label in range(num_classes)]
 
 
 def eval_preprocessing(checkpoint, model=None, *, checkpoint_format="keras", pad_crop=None,

@@ -30,8 +30,9 @@ GROUPS = (
      "randaugment_magnitude cutout flip dropout_rate survival_prob base_learning_rate "
      "final_learning_rate warmup_epochs lr_decay_epochs lr_decay_factor weight_decay "
      "label_smoothing ema_decay batch_norm_recalibration_images freeze_blocks finetune_noise"),
-    ("predict and eval (also beam)",
-     "checkpoint checkpoint_format inference_image_size top_k num_workers worker_index"),
+    ("predict, eval and export (also beam)",
+     "checkpoint checkpoint_format inference_image_size top_k num_workers worker_index "
+     "predictions_format"),
     ("filter (also iterate, beam)",
      "predictions confidence_threshold images_per_class balance duplicate_to_balance"),
     ("beam: predict + filter as one Apache Beam pipeline", "beam_options"),

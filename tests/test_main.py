@@ -250,6 +250,17 @@ def test_flags_md_documents_exactly_main_flags():
     assert default in (value, "(empty)" if not value else value), name
 
 
+def test_flags_md_is_what_scripts_flags_md_writes(capsys):
+  """Every word of it, help texts included (the test above sees names and defaults only)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("flags_md", ROOT / "scripts" / "flags_md.py")
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  script.main_()
+  assert capsys.readouterr().out == (ROOT / "flags.md").read_text(), (
+      "flags.md is out of date: python scripts/flags_md.py > flags.md")
+
+
 def _imports(path):
   tree = ast.parse(path.read_text())
   for node in ast.walk(tree):

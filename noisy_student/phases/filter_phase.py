@@ -171,8 +171,9 @@ def _shards_in_directory(directory):
   if manifest is not None:
     return manifest_lib.split_shards(manifest, directory)
   names = tf.io.gfile.listdir(directory)
+  # Not shards: summaries, and the tables for people predict writes beside its shards.
   return [os.path.join(directory, n) for n in names
-          if not n.startswith(".") and not n.endswith(".json")
+          if not n.startswith(".") and not n.endswith((".json", ".jsonl", ".csv"))
           and not tf.io.gfile.isdir(os.path.join(directory, n))]
 
 
