@@ -11,10 +11,19 @@ import glob
 import json
 import logging as std_logging
 import os
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+
+# The project's directory: the clone, or site-packages/noisy_student_tf/, where `pip install .`
+# puts this file beside data/, efficientnet/, noisy_student/ and recipes/ (nothing generic lands
+# in site-packages itself). There the `noisy-student` command imports this file as
+# noisy_student_tf.main, and the modules beside it import each other by their own names.
+HOME = os.path.dirname(os.path.abspath(__file__))
+if __package__ and HOME not in sys.path:
+  sys.path.insert(0, HOME)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -200,6 +209,10 @@ flags.DEFINE_enum("student_init", "scratch", ["scratch", "teacher"], "iterate: t
 flags.DEFINE_bool("teacher_noise", True, "iterate: train the first teacher with the noise flags "
                   "(off: no RandAugment, Cutout, dropout or stochastic depth for it; students stay "
                   "noised). Off suits small labeled sets, where noise makes the teacher underfit.")
+flags.DEFINE_string("teacher_checkpoint", None, "iterate: start from this teacher instead of "
+                    "training one (round 0 only evaluates it): a train workdir or .keras file, or "
+                    "a tensorflow/tpu checkpoint with --checkpoint_format=reference and --model "
+                    "naming its variant; loaded and seen as predict's --checkpoint.")
 
 
 @flags.multi_flags_validator(["final_learning_rate", "base_learning_rate", "lr_decay_factor"])
@@ -471,12 +484,19 @@ def run_iterate():
     # Students copy the teacher's config: they get the noise flags back explicitly.
     student_overrides.update({name: getattr(teacher, name) for name in NO_NOISE})
     teacher = dataclasses.replace(teacher, **NO_NOISE)
+  given = None
+  if FLAGS.teacher_checkpoint:  # it must have the labeled data's classes
+    given = iterate.Teacher(
+        FLAGS.teacher_checkpoint, FLAGS.checkpoint_format,
+        model_args=_model_args() if FLAGS.checkpoint_format == "reference" else None,
+        num_classes=_manifest_classes(FLAGS.labeled_data), pad_crop=FLAGS.pad_crop,
+        normalization=FLAGS.normalization, image_size=FLAGS.inference_image_size)
   summary = iterate.iterate(
       teacher, students, FLAGS.workdir, labeled_data=FLAGS.labeled_data,
       unlabeled_data=FLAGS.unlabeled_data, eval_data=FLAGS.eval_data,
       validation_data=FLAGS.validation_data, predict_config=predict_config(),
       filter_rule=filter_rule(), strategy=_strategy(), student_overrides=student_overrides,
-      student_init=FLAGS.student_init)
+      student_init=FLAGS.student_init, teacher_checkpoint=given)
   print("\n".join(summary["table"]))
 
 
@@ -520,5 +540,26 @@ def main(argv):
     raise SystemExit(f"main.py --mode={FLAGS.mode}: error: {e}") from None
 
 
-if __name__ == "__main__":
+def find_flag_files_in_project():
+  """A --flagfile path not found from the working directory is looked up in the project's
+  directory (HOME), also inside flag files: `--flagfile=recipes/NAME.flags` works from any
+  directory, from a clone and installed, and recipes include each other by such paths."""
+  read = FLAGS._get_flag_file_lines  # pylint: disable=protected-access  (absl opens them there)
+
+  def read_from_project(filename, parsed_file_stack=None):
+    if filename and not os.path.isabs(filename) and not os.path.exists(filename):
+      if os.path.exists(os.path.join(HOME, filename)):
+        filename = os.path.join(HOME, filename)
+    return read(filename, parsed_file_stack=parsed_file_stack)
+
+  FLAGS.__dict__["_get_flag_file_lines"] = read_from_project  # FlagValues' own setattr sets flags
+
+
+def run():
+  """`python main.py`, and the `noisy-student` command of `pip install .`."""
+  find_flag_files_in_project()
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

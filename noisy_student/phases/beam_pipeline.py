@@ -26,7 +26,8 @@ seed. Record ids here are (shard index << 40) + record index, which orders recor
 filter's global numbering does without knowing the shard sizes first.
 
 Files are read and written with tf.io.gfile (local paths, gs://), not Beam's I/O, so every
-worker needs the project's code and TensorFlow: see README for the runner options.
+worker needs the project's code and TensorFlow: `--setup_file=setup.py` installs both on each
+worker (see docs/scale.md for the runner options).
 """
 
 import dataclasses
@@ -45,6 +46,7 @@ from data import pipeline
 from data import records
 from noisy_student import checkpoints
 from noisy_student import filter_balance
+from noisy_student import package_path
 # The per-shard passes and the output layout of the two phases are used as they are, module-private
 # names included, so that this path cannot drift from the single-machine one.
 # pylint: disable=protected-access
@@ -111,6 +113,10 @@ def run_beam(checkpoint, unlabeled_data, output_dir, preprocess_config, config,
   if options.view_as(pipeline_options.StandardOptions).runner is None:
     # DirectRunner would first try to download the Prism runner binary from GitHub.
     options.view_as(pipeline_options.StandardOptions).runner = DEFAULT_RUNNER
+  setup = options.view_as(pipeline_options.SetupOptions)
+  if setup.setup_file or setup.extra_packages:
+    # Workers that pip-install the project import it from noisy_student_tf/ (package_path).
+    setup.beam_plugins = [*(setup.beam_plugins or []), package_path.INSTALLED_NAME]
   with beam.Pipeline(options=options) as root:
     _build(root, shards, predict_dir, filter_dir, load, preprocess_config, config, soft,
            num_classes, rule, num_shards)

@@ -153,9 +153,51 @@ def _differences(recorded, settings, prefix=""):
   return found
 
 
-def _eval(checkpoint, eval_data, validation_data, directory):
-  model = checkpoints.load_model(checkpoint)
-  prep = checkpoints.eval_preprocessing(checkpoint)
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  """A checkpoint that predicts pseudo labels, as `checkpoints` loads it and sees its images:
+  round 0's train run, each student's, or one given to iterate (--teacher_checkpoint: a train
+  workdir or .keras file of ours, or a tensorflow/tpu checkpoint with checkpoint_format
+  "reference").
+
+  Attributes:
+    checkpoint, checkpoint_format, model_args, num_classes: `checkpoints.load_model`'s.
+    pad_crop, normalization, image_size: `checkpoints.eval_preprocessing`'s (a checkpoint
+      without its train run; image_size also overrides a run's own).
+  """
+  checkpoint: str
+  checkpoint_format: str = "keras"
+  model_args: dict | None = None
+  num_classes: int | None = None
+  pad_crop: bool | None = None
+  normalization: str = "imagenet"
+  image_size: int | None = None
+
+  def load(self, **kwargs):
+    return checkpoints.load_model(self.checkpoint, checkpoint_format=self.checkpoint_format,
+                                  model_args=self.model_args, num_classes=self.num_classes,
+                                  **kwargs)
+
+  def eval_preprocessing(self, model):
+    return checkpoints.eval_preprocessing(
+        self.checkpoint, model, checkpoint_format=self.checkpoint_format, pad_crop=self.pad_crop,
+        normalization=self.normalization, image_size=self.image_size)
+
+  def variant_and_classes(self):
+    """(variant, class count), from its train run when it has one, else from the model."""
+    run = (checkpoints.load_run_config(self.checkpoint) if self.checkpoint_format == "keras"
+           else None)
+    if run is not None:
+      return run["config"]["model"], run["num_classes"]
+    if self.checkpoint_format == "reference":
+      return self.model_args["variant"], self.num_classes or 1000
+    model = self.load()
+    return model.efficientnet_config["variant"], checkpoints.model_classes(model)
+
+
+def _eval(teacher, eval_data, validation_data, directory):
+  model = teacher.load()
+  prep = teacher.eval_preprocessing(model)
   return evaluate.eval_phase(
       model, prep, directory, eval_data=eval_data, validation_data=validation_data,
       class_names=manifest_lib.class_names_for(eval_data, model.output_shape[-1]))
@@ -203,7 +245,7 @@ def summary_table(rounds):
 
 def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_data, eval_data,
             filter_rule=None, validation_data=None, predict_config=None, strategy=None,
-            student_overrides=None, student_init="scratch"):
+            student_overrides=None, student_init="scratch", teacher_checkpoint=None):
   """Runs K = len(student_models) Noisy Student rounds.
 
   Args:
@@ -221,15 +263,19 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
     student_overrides: TrainConfig fields to change for students (e.g. epochs).
     student_init: "scratch" (the paper) or "teacher": start each student from its teacher's
       weights where layer shapes match, which reaches a given accuracy in fewer steps.
+    teacher_checkpoint: a `Teacher` to start from instead of training one: round 0 only
+      evaluates it (no `iter_0/train`), and round 1 predicts with it.
 
   Returns:
     The summary (also `<workdir>/summary.json`): per round model, top-1, top-5, kept images.
   """
+  first = (teacher_checkpoint.variant_and_classes()[0] if teacher_checkpoint
+           else teacher_config.model)
   order = list(efficientnet.VARIANTS)
-  sizes = [order.index(teacher_config.model)] + [order.index(m) for m in student_models]
+  sizes = [order.index(first)] + [order.index(m) for m in student_models]
   if sizes != sorted(sizes):
     raise ValueError(f"students must be equal or larger than their teachers: "
-                     f"{[teacher_config.model] + list(student_models)}")
+                     f"{[first] + list(student_models)}")
   worker = Worker(*train.worker_split(strategy or tf.distribute.get_strategy()))
   settings = {
       "teacher_config": dataclasses.asdict(teacher_config), "student_models": list(student_models),
@@ -237,25 +283,30 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
       "validation_data": validation_data,
       "filter_rule": dataclasses.asdict(filter_rule or filter_balance.FilterRule()),
       "predict_config": dataclasses.asdict(predict_config or predict.PredictConfig()),
-      "student_overrides": student_overrides or {}, "student_init": student_init}
+      "student_overrides": student_overrides or {}, "student_init": student_init,
+      "teacher_checkpoint": teacher_checkpoint and dataclasses.asdict(teacher_checkpoint)}
   check_settings(workdir, settings, write=worker.chief)
   rounds = []
-  teacher_dir = os.path.join(workdir, "iter_0", "train")
-  _phase(teacher_dir, lambda: train.train(teacher_config, labeled_data, teacher_dir,
-                                          strategy=strategy)["total_steps"], worker, everyone=True)
+  teacher = teacher_checkpoint
+  if teacher is None:
+    teacher_dir = os.path.join(workdir, "iter_0", "train")
+    _phase(teacher_dir, lambda: train.train(teacher_config, labeled_data, teacher_dir,
+                                            strategy=strategy)["total_steps"], worker,
+           everyone=True)
+    teacher = Teacher(teacher_dir)
   metrics = _phase(os.path.join(workdir, "iter_0", "eval"),
-                   lambda: _eval(teacher_dir, eval_data, validation_data,
+                   lambda: _eval(teacher, eval_data, validation_data,
                                  os.path.join(workdir, "iter_0", "eval")), worker)
-  rounds.append(_round_row(0, "teacher", teacher_config.model, metrics))
+  rounds.append(_round_row(0, "teacher", first, metrics))
   for k, student in enumerate(student_models, start=1):
     root = os.path.join(workdir, f"iter_{k}")
     predict_dir, filter_dir = os.path.join(root, "predict"), os.path.join(root, "filter")
     student_dir, eval_dir = os.path.join(root, "train"), os.path.join(root, "eval")
 
-    def run_predict(teacher_dir=teacher_dir, predict_dir=predict_dir):
-      model = checkpoints.load_model(teacher_dir)
+    def run_predict(teacher=teacher, predict_dir=predict_dir):
+      model = teacher.load()
       # The teacher sees images as it was trained to, at its own size, not the student's.
-      prep = checkpoints.eval_preprocessing(teacher_dir)
+      prep = teacher.eval_preprocessing(model)
       worker_config = dataclasses.replace(predict_config or predict.PredictConfig(),
                                           num_workers=worker.count, worker_index=worker.index)
       summary = predict.predict_phase(model, unlabeled_data, predict_dir, prep, worker_config)
@@ -267,22 +318,23 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
         summary = predict.combine_worker_summaries(predict_dir, worker.count)
       return summary["images"]
 
-    check_teacher(metrics, checkpoints.load_run_config(teacher_dir)["num_classes"], teacher_dir)
+    check_teacher(metrics, teacher.variant_and_classes()[1], teacher.checkpoint)
     _phase(predict_dir, run_predict, worker, everyone=True)
     stats = _phase(filter_dir, lambda: filter_phase.filter_and_balance_phase(
         predict_dir, unlabeled_data, filter_dir, filter_rule or filter_balance.FilterRule()),
                    worker)
     config = dataclasses.replace(teacher_config, model=student, **(student_overrides or {}))
-    init = teacher_dir if student_init == "teacher" else None
+    init = teacher.checkpoint if student_init == "teacher" else None
     _phase(student_dir, lambda: train.train(config, labeled_data, student_dir,
                                             pseudo_labeled_data=filter_dir, init_checkpoint=init,
+                                            init_checkpoint_format=teacher.checkpoint_format,
                                             strategy=strategy)["total_steps"],
            worker, everyone=True)
-    metrics = _phase(eval_dir, lambda: _eval(student_dir, eval_data, validation_data, eval_dir),
-                     worker)
+    metrics = _phase(eval_dir, lambda: _eval(Teacher(student_dir), eval_data, validation_data,
+                                             eval_dir), worker)
     rounds.append(_round_row(k, "student", student, metrics,
                              pseudo_labeled=stats["totals"]["with_copies"]))
-    teacher_dir = student_dir
+    teacher = Teacher(student_dir)
   summary = {"rounds": rounds, "table": summary_table(rounds)}
   if not worker.chief:
     return summary
