@@ -1,5 +1,5 @@
-"""Noisy Student: `python main.py --mode=MODE`, MODE one of convert, train, finetune, predict, filter,
-eval, iterate, beam, export.
+"""Noisy Student: `python main.py --mode=MODE`, MODE one of convert, train, finetune, predict,
+filter, eval, iterate, beam, export.
 
 The only module that reads flags: each mode turns them into arguments of one phase function
 (noisy_student/, data/). Every flag is documented in flags.md; `--flagfile=recipes/<name>.flags`
@@ -27,13 +27,29 @@ if __package__ and HOME not in sys.path:
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from efficientnet import spec  # noqa: E402  (pure Python: no TensorFlow import here)
-from noisy_student import filter_balance  # noqa: E402  (NumPy only)
+# Each enum flag's choices and each default are the defining module's own. (beam_pipeline is
+# imported by the beam mode alone: Apache Beam is an optional install.)
+from data import convert  # noqa: E402
+from data import corruptions  # noqa: E402
+from data import manifest  # noqa: E402
+from data import pipeline  # noqa: E402
+from data import subsets  # noqa: E402
+from efficientnet import spec  # noqa: E402
+from noisy_student import checkpoints  # noqa: E402
+from noisy_student import distribute  # noqa: E402
+from noisy_student import filter_balance  # noqa: E402
+from noisy_student import inference  # noqa: E402
+from noisy_student.phases import evaluate  # noqa: E402
+from noisy_student.phases import filter_phase  # noqa: E402
+from noisy_student.phases import iterate  # noqa: E402
+from noisy_student.phases import predict  # noqa: E402
+from noisy_student.phases import robustness  # noqa: E402
+from noisy_student.phases import train  # noqa: E402
+from noisy_student.training import schedules  # noqa: E402
 
 MODES = ("convert", "train", "finetune", "predict", "filter", "eval", "iterate", "beam", "export")
-SOURCES = ("folder", "idx", "svhn_mat", "npz", "tfds")
-ROBUSTNESS = ("corruptions", "perturbations", "fgsm")
-DEFAULT_DATA = "workdir/fashion_mnist"
+ROBUSTNESS = robustness.KINDS
+DEFAULT_DATA = "workdir/fashion_mnist"  # the demo's data set (scripts/demo.sh makes it)
 # What "no noise" sets (iterate --noteacher_noise): no RandAugment, Cutout, dropout or
 # stochastic depth.
 NO_NOISE = {"randaugment_layers": 0, "cutout": False, "dropout_rate": 0.0, "survival_prob": 1.0}
@@ -56,31 +72,39 @@ flags.DEFINE_float("depth_coefficient", None, "Override the variant's depth scal
 flags.DEFINE_integer("num_classes", None, "Classes (default: from the labeled data's manifest).",
                      lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seeds every random choice.", lower_bound=0)
-flags.DEFINE_enum("strategy", "auto", ["auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu"],
-                  "tf.distribute strategy.")
+flags.DEFINE_enum("strategy", "auto", distribute.STRATEGIES, "tf.distribute strategy for "
+                  "train, predict, eval and iterate (auto: TPU with --tpu, every GPU, else the "
+                  "CPU); gpu or tpu without one is an error.")
 flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu/auto.")
-flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"],
-                  "Compute dtype (weights and logits stay float32).")
+flags.DEFINE_enum("mixed_precision", "none", list(distribute.PRECISION_POLICIES),
+                  "Compute dtype of train, predict and eval (weights, logits and probabilities "
+                  "stay float32; float16 training scales the loss).")
+flags.DEFINE_bool("jit_compile", None, "XLA for the training step and the inference steps of "
+                  "predict and eval (default: on for GPUs and TPUs, off on CPUs).")
 flags.DEFINE_integer("batch_size", 128, "Labeled images per training batch.", lower_bound=1)
-flags.DEFINE_integer("inference_batch_size", 256, "Images per inference batch in predict, eval, "
-                     "beam and iterate's predict and eval (a training batch can be far larger "
-                     "than fits at inference resolution).", lower_bound=1)
+flags.DEFINE_integer("inference_batch_size", inference.BATCH_SIZE, "Images per inference batch "
+                     "in predict, eval, beam and iterate's predict and eval (a training batch can "
+                     "be far larger than fits at inference resolution).", lower_bound=1)
 
 # Data.
-flags.DEFINE_string("labeled_data", f"{DEFAULT_DATA}/labeled", "Labeled shards: a convert "
-                    "output directory or a glob.")
-flags.DEFINE_string("unlabeled_data", f"{DEFAULT_DATA}/unlabeled", "Unlabeled shards.")
-flags.DEFINE_string("eval_data", f"{DEFAULT_DATA}/test", "Evaluation shards (the test set).")
+# No data flag has a default: a run on other data that left one out would silently read the
+# demo's Fashion-MNIST (same class count, so nothing would complain). The demo's recipe names
+# its paths.
+flags.DEFINE_string("labeled_data", None, "Labeled shards: a convert output directory or a "
+                    "glob.")
+flags.DEFINE_string("unlabeled_data", None, "Unlabeled shards.")
+flags.DEFINE_string("eval_data", None, "Evaluation shards (the test set); train and iterate "
+                    "evaluate on it at the end when given.")
 flags.DEFINE_string("validation_data", None, "Held-out labeled shards evaluated beside "
                     "--eval_data by train, eval and iterate (make them with "
                     "--validation_per_class); choices are made on them, not on the test set.")
 flags.DEFINE_string("pseudo_labeled_data", None, "Filter output for a student (train mode).")
-flags.DEFINE_enum("normalization", "manifest", ["manifest", "imagenet", "svhn"],
+flags.DEFINE_enum("normalization", "manifest", train.NORMALIZATIONS,
                   "Mean/std: measured by the converter (manifest) or the reference's constants.")
 
 # convert.
-flags.DEFINE_enum("source", "idx", SOURCES, "convert: input format.")
-flags.DEFINE_string("input", "/usr/share/datasets/fashion-mnist", "convert: input path.")
+flags.DEFINE_enum("source", "idx", convert.SOURCES, "convert: input format.")
+flags.DEFINE_string("input", None, "convert: input path.")
 flags.DEFINE_string("output", None, "convert/predict/filter/beam/export: output directory.")
 flags.DEFINE_string("split", "train", "convert: split name (for idx also train or t10k).")
 flags.DEFINE_integer("num_shards", 4, "convert/filter/beam: number of output shards.",
@@ -105,7 +129,7 @@ flags.DEFINE_integer("train_steps", None, "Training length in steps (instead of 
                      lower_bound=1)
 flags.DEFINE_float("unlabeled_batch_ratio", 1.0, "Pseudo-labeled rows per labeled row in a "
                    "student batch.", lower_bound=0)
-flags.DEFINE_enum("pseudo_labels", "soft", ["soft", "hard"], "Train on the teacher's soft "
+flags.DEFINE_enum("pseudo_labels", "soft", pipeline.PSEUDO_LABELS, "Train on the teacher's soft "
                   "distribution or its one-hot argmax (with label smoothing).")
 flags.DEFINE_string("init_checkpoint", None, "Warm start: a train workdir or .keras file (or a "
                     "reference checkpoint with --checkpoint_format=reference).")
@@ -135,6 +159,13 @@ flags.DEFINE_integer("batch_norm_recalibration_images", 4096, "train: at the end
                      "batch-norm moving statistics from this many labeled images (eval "
                      "preprocessing) run through the final EMA weights; 0 keeps the moving "
                      "averages.", lower_bound=0)
+flags.DEFINE_integer("eval_every_keras_epochs", 0, "train/finetune/iterate: every N Keras epochs "
+                     "(each about one pass over the labeled data, at most "
+                     f"{train.MAX_STEPS_PER_KERAS_EPOCH:,} steps) and after "
+                     "the last, evaluate the model as it would be saved then (EMA weights, batch "
+                     "norm recalibrated as at the end) on --validation_data, else --eval_data "
+                     "(iterate: --validation_data only); into history.json, TensorBoard and "
+                     "training_curves.png. 0: off.", lower_bound=0)
 flags.DEFINE_integer("freeze_blocks", 0, "finetune: freeze the stem and the first N blocks (they "
                      "run in inference mode: batch norm with its moving statistics, no "
                      "stochastic depth).", lower_bound=0)
@@ -146,7 +177,7 @@ flags.DEFINE_bool("finetune_noise", False, "finetune: keep --dropout_rate and --
 flags.DEFINE_string("checkpoint", None, "predict/eval/export: a train workdir or .keras file, "
                     "or a "
                     "tensorflow/tpu checkpoint with --checkpoint_format=reference.")
-flags.DEFINE_enum("checkpoint_format", "keras", ["keras", "reference"], "--checkpoint kind.")
+flags.DEFINE_enum("checkpoint_format", "keras", checkpoints.FORMATS, "--checkpoint kind.")
 flags.DEFINE_integer("inference_image_size", None, "predict/eval/beam: run --checkpoint at this "
                      "size (default: the size its own train run used, else its variant's; "
                      "--image_size, which may be a student's, never changes it).", lower_bound=8)
@@ -187,7 +218,7 @@ flags.DEFINE_list("beam_options", [], "beam: Apache Beam pipeline options, comma
 flags.DEFINE_list("robustness", [], f"eval: any of {', '.join(ROBUSTNESS)}.")
 flags.DEFINE_string("robustness_baseline", None, "eval: a robustness.json whose corruption "
                     "errors normalise mCE (e.g. the teacher's).")
-flags.DEFINE_enum("corruption_table", "auto", ["auto", "cifar10-c", "imagenet-c"],
+flags.DEFINE_enum("corruption_table", "auto", ["auto", *corruptions.SEVERITY_TABLES],
                   "eval: corruption severities: CIFAR-10-C's (32 px) or ImageNet-C's (224 px); "
                   "auto picks by the model's input size (ImageNet-C's from 128 px).")
 flags.DEFINE_string("corrupted_data", None, "eval: root of a pre-made corrupted set in the "
@@ -218,7 +249,6 @@ flags.DEFINE_string("teacher_checkpoint", None, "iterate: start from this teache
 @flags.multi_flags_validator(["final_learning_rate", "base_learning_rate", "lr_decay_factor"])
 def _check_final_learning_rate(values):
   if values["final_learning_rate"] is not None:
-    from noisy_student.training import schedules  # pylint: disable=g-import-not-at-top
     try:
       schedules.check_final_learning_rate(values["base_learning_rate"],
                                           values["final_learning_rate"],
@@ -251,7 +281,6 @@ def _check_epsilons(value):
 def train_config(**overrides):
   """The TrainConfig of this command: every field from the flag of the same name (fields
   without a flag keep their defaults), then `overrides`."""
-  from noisy_student.phases import train  # pylint: disable=g-import-not-at-top
   values = {field.name: FLAGS[field.name].value for field in dataclasses.fields(train.TrainConfig)
             if field.name in FLAGS}
   values["ema_decay"] = FLAGS.ema_decay or None  # --ema_decay=0 turns the average off
@@ -262,13 +291,20 @@ def train_config(**overrides):
   return train.TrainConfig(**values)
 
 
-def predict_config():
-  """The PredictConfig of this command, every field from the flag of the same name (its batch
-  size from --inference_batch_size)."""
-  from noisy_student.phases import predict  # pylint: disable=g-import-not-at-top
+def _inference_config(config_class):
+  """A PredictConfig or EvalConfig of this command: every field from the flag of the same name,
+  its batch size from --inference_batch_size."""
   values = {field.name: FLAGS[field.name].value
-            for field in dataclasses.fields(predict.PredictConfig) if field.name != "batch_size"}
-  return predict.PredictConfig(batch_size=FLAGS.inference_batch_size, **values)
+            for field in dataclasses.fields(config_class) if field.name != "batch_size"}
+  return config_class(batch_size=FLAGS.inference_batch_size, **values)
+
+
+def predict_config():
+  return _inference_config(predict.PredictConfig)
+
+
+def eval_config():
+  return _inference_config(evaluate.EvalConfig)
 
 
 def filter_rule():
@@ -280,7 +316,6 @@ def filter_rule():
 
 
 def _strategy():
-  from noisy_student import distribute  # pylint: disable=g-import-not-at-top
   return distribute.build_strategy(FLAGS.strategy, FLAGS.tpu)
 
 
@@ -289,17 +324,15 @@ def _print(result):
 
 
 def run_convert():
-  from data import convert  # pylint: disable=g-import-not-at-top
   if not FLAGS.output:
     raise app.UsageError("convert needs --output")
-  manifest = convert.convert(FLAGS.source, FLAGS.input, FLAGS.output, split=FLAGS.split,
-                             num_shards=FLAGS.num_shards, unlabeled=FLAGS.unlabeled,
-                             seed=FLAGS.seed, limit=FLAGS.limit,
-                             class_names=FLAGS.class_names)
+  written = convert.convert(FLAGS.source, FLAGS.input, FLAGS.output, split=FLAGS.split,
+                            num_shards=FLAGS.num_shards, unlabeled=FLAGS.unlabeled,
+                            seed=FLAGS.seed, limit=FLAGS.limit,
+                            class_names=FLAGS.class_names)
   result = {"output": FLAGS.output,
-            "splits": {k: v["num_examples"] for k, v in manifest["splits"].items()}}
+            "splits": {k: v["num_examples"] for k, v in written["splits"].items()}}
   if FLAGS.labeled_per_class or FLAGS.validation_per_class:
-    from data import subsets  # pylint: disable=g-import-not-at-top
     result["semi_supervised"] = subsets.split_labeled(
         FLAGS.output, FLAGS.output, per_class=FLAGS.labeled_per_class, seed=FLAGS.seed,
         num_shards=FLAGS.num_shards, validation_per_class=FLAGS.validation_per_class)
@@ -318,7 +351,6 @@ def finetune_config():
   ours, the learning rate of the last --train_steps (or --epochs) steps of that run's schedule.
   For a checkpoint without its run (a .keras file alone, a reference checkpoint) the schedule is
   the flags' own, starting at step 0."""
-  from noisy_student import checkpoints  # pylint: disable=g-import-not-at-top
   if not FLAGS.init_checkpoint:
     raise app.UsageError("finetune needs --init_checkpoint (the run to fine-tune)")
   overrides = {"augment": False, "randaugment_layers": 0, "cutout": False}
@@ -333,7 +365,6 @@ def finetune_config():
 
 
 def run_train(finetune=False):
-  from noisy_student.phases import train  # pylint: disable=g-import-not-at-top
   config = finetune_config() if finetune else train_config()
   # FixRes fine-tuning trains on labeled images only, whatever a shared recipe says.
   pseudo = None if finetune else FLAGS.pseudo_labeled_data
@@ -341,7 +372,8 @@ def run_train(finetune=False):
                        pseudo_labeled_data=pseudo, eval_data=FLAGS.eval_data,
                        validation_data=FLAGS.validation_data,
                        init_checkpoint=FLAGS.init_checkpoint,
-                       init_checkpoint_format=FLAGS.checkpoint_format, strategy=_strategy())
+                       init_checkpoint_format=FLAGS.checkpoint_format, strategy=_strategy(),
+                       eval_config=eval_config())
   _print({"workdir": FLAGS.workdir, "eval": result.get("eval", {}).get("top1")})
 
 
@@ -353,12 +385,12 @@ def _model_args():
               depth_coefficient=FLAGS.depth_coefficient)
 
 
-def _model_for(checkpoint, num_classes=None):
-  from noisy_student import checkpoints  # pylint: disable=g-import-not-at-top
+def _model_for(checkpoint, num_classes=None, strategy=None):
   if not checkpoint:
     raise app.UsageError("--checkpoint is needed")
   return checkpoints.load_model(checkpoint, checkpoint_format=FLAGS.checkpoint_format,
-                                model_args=_model_args(), num_classes=num_classes)
+                                model_args=_model_args(), num_classes=num_classes,
+                                mixed_precision=FLAGS.mixed_precision, strategy=strategy)
 
 
 def _preprocess_for(checkpoint, model=None):
@@ -366,7 +398,6 @@ def _preprocess_for(checkpoint, model=None):
   run's size and normalisation, or those of the model as built; --inference_image_size
   overrides the size, --image_size does not (it is the model being trained's). Without `model`
   the checkpoint is loaded only when it has no run of its own to read."""
-  from noisy_student import checkpoints  # pylint: disable=g-import-not-at-top
   if model is None and (FLAGS.checkpoint_format != "keras"
                         or checkpoints.load_run_config(checkpoint) is None):
     model = _model_for(checkpoint, FLAGS.num_classes)
@@ -376,13 +407,13 @@ def _preprocess_for(checkpoint, model=None):
 
 
 def run_predict():
-  from noisy_student.phases import predict  # pylint: disable=g-import-not-at-top
   if not FLAGS.output:
     raise app.UsageError("predict needs --output")
-  config = predict_config()
-  model = _model_for(FLAGS.checkpoint, FLAGS.num_classes)
+  config, strategy = predict_config(), _strategy()
+  model = _model_for(FLAGS.checkpoint, FLAGS.num_classes, strategy)
   summary = predict.predict_phase(model, FLAGS.unlabeled_data, FLAGS.output,
-                                  _preprocess_for(FLAGS.checkpoint, model), config)
+                                  _preprocess_for(FLAGS.checkpoint, model), config,
+                                  strategy=strategy)
   shown = {k: summary[k] for k in ("images", "images_per_second")}
   if FLAGS.predictions_format != "tfrecord":
     from noisy_student.phases import prediction_table  # pylint: disable=g-import-not-at-top
@@ -408,8 +439,6 @@ def run_export():
 
 
 def run_filter():
-  from noisy_student import filter_balance  # pylint: disable=g-import-not-at-top
-  from noisy_student.phases import filter_phase  # pylint: disable=g-import-not-at-top
   filter_balance.return_freed_memory_promptly()  # memory bounded by what is kept
   if not (FLAGS.predictions and FLAGS.output):
     raise app.UsageError("filter needs --predictions and --output")
@@ -433,7 +462,6 @@ def run_beam():
 
 
 def _manifest_classes(data):
-  from data import manifest  # pylint: disable=g-import-not-at-top
   if FLAGS.num_classes:
     return FLAGS.num_classes
   found = manifest.load_manifest(data)  # None for a glob; gs:// directories too
@@ -441,18 +469,16 @@ def _manifest_classes(data):
 
 
 def run_eval():
-  from data import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
-  from noisy_student.phases import evaluate  # pylint: disable=g-import-not-at-top
-  model = _model_for(FLAGS.checkpoint, _manifest_classes(FLAGS.eval_data))
+  config, strategy = eval_config(), _strategy()
+  model = _model_for(FLAGS.checkpoint, _manifest_classes(FLAGS.eval_data), strategy)
   prep = _preprocess_for(FLAGS.checkpoint, model)
   output = FLAGS.output or FLAGS.workdir
   # None for a glob, or a manifest without names for the model's classes.
-  class_names = manifest_lib.class_names_for(FLAGS.eval_data, model.output_shape[-1])
+  class_names = manifest.class_names_for(FLAGS.eval_data, model.output_shape[-1])
 
   def robustness_results(unused_metrics):
     if not (FLAGS.robustness or FLAGS.corrupted_data):
       return {}
-    from noisy_student.phases import robustness  # pylint: disable=g-import-not-at-top
     # The pre-made set's labels follow the clean eval set's class names when it has them.
     return {"robustness": robustness.robustness_phase(
         model, FLAGS.eval_data, prep, output, FLAGS.robustness,
@@ -462,8 +488,8 @@ def run_eval():
 
   # Robustness goes into metrics.json too, so that a metrics.json can serve as a baseline.
   metrics = evaluate.eval_phase(model, prep, output, eval_data=FLAGS.eval_data,
-                                validation_data=FLAGS.validation_data,
-                                batch_size=FLAGS.inference_batch_size, class_names=class_names,
+                                validation_data=FLAGS.validation_data, config=config,
+                                strategy=strategy, class_names=class_names,
                                 extra=robustness_results)
   shown = {k: metrics[k] for k in ("top1", "top5", "loss", "num_examples")}
   if "validation" in metrics:
@@ -472,7 +498,6 @@ def run_eval():
 
 
 def run_iterate():
-  from noisy_student.phases import iterate  # pylint: disable=g-import-not-at-top
   students = FLAGS.student_models or [FLAGS.model] * FLAGS.iterations
   if len(students) != FLAGS.iterations:
     raise app.UsageError(f"--student_models lists {len(students)} models for "
@@ -495,23 +520,110 @@ def run_iterate():
       teacher, students, FLAGS.workdir, labeled_data=FLAGS.labeled_data,
       unlabeled_data=FLAGS.unlabeled_data, eval_data=FLAGS.eval_data,
       validation_data=FLAGS.validation_data, predict_config=predict_config(),
-      filter_rule=filter_rule(), strategy=_strategy(), student_overrides=student_overrides,
-      student_init=FLAGS.student_init, teacher_checkpoint=given)
+      eval_config=eval_config(), filter_rule=filter_rule(), strategy=_strategy(),
+      student_overrides=student_overrides, student_init=FLAGS.student_init,
+      teacher_checkpoint=given)
   print("\n".join(summary["table"]))
 
 
-# Each mode's main input, for the check of the default data set.
-_MAIN_INPUT = {"train": "labeled_data", "finetune": "labeled_data", "iterate": "labeled_data",
-               "predict": "unlabeled_data", "filter": "unlabeled_data", "beam": "unlabeled_data",
-               "eval": "eval_data"}
+# Which modes read each flag. A flag given on the command line to a mode that does not read it
+# is an error naming the modes that do (a mistyped mode, or a flag put on the wrong command,
+# would otherwise be ignored in silence). Recipe files may set flags for several modes: one
+# recipe serves a teacher's train, its predict and its iterate.
+_TRAINING = ("train", "finetune", "iterate")
+_LOADING = ("predict", "eval", "beam", "export")  # load --checkpoint
+_MODEL = (*_TRAINING, *_LOADING)
+READ_BY = {
+    "mode seed": MODES,
+    "workdir": (*_TRAINING, "eval"),
+    "model small_image width_coefficient depth_coefficient pad_crop normalization": _MODEL,
+    "image_size batch_size": _TRAINING,
+    "num_classes": (*_MODEL, "filter"),
+    "strategy tpu": ("train", "finetune", "iterate", "predict", "eval"),
+    "mixed_precision": (*_MODEL,),  # export: a bfloat16 SavedModel, for TPU serving
+    "jit_compile": (*_TRAINING, "predict", "eval", "beam"),
+    "inference_batch_size": ("predict", "eval", "beam", "iterate"),
+    "labeled_data": _TRAINING,
+    "unlabeled_data": ("predict", "filter", "beam", "iterate"),
+    "eval_data validation_data": (*_TRAINING, "eval"),
+    "pseudo_labeled_data init_checkpoint": ("train", "finetune"),
+    "source input split unlabeled limit labeled_per_class validation_per_class": ("convert",),
+    "output": ("convert", "predict", "filter", "beam", "eval", "export"),
+    "num_shards": ("convert", "filter", "beam"),
+    "class_names": ("convert", "predict", "export"),
+    "epochs train_steps randaugment_layers randaugment_magnitude cutout flip dropout_rate "
+    "survival_prob base_learning_rate final_learning_rate warmup_epochs lr_decay_epochs "
+    "lr_decay_factor weight_decay label_smoothing ema_decay batch_norm_recalibration_images "
+    "eval_every_keras_epochs": _TRAINING,
+    "unlabeled_batch_ratio pseudo_labels temperature": ("train", "iterate"),
+    "freeze_blocks finetune_noise": ("finetune",),
+    "checkpoint inference_image_size": _LOADING,
+    "checkpoint_format": (*_LOADING, "train", "finetune", "iterate"),
+    "top_k": ("predict", "beam", "iterate"),
+    "num_workers worker_index predictions_format": ("predict",),
+    "predictions": ("filter",),
+    "confidence_threshold images_per_class balance duplicate_to_balance": ("filter", "beam",
+                                                                            "iterate"),
+    "beam_options": ("beam",),
+    "robustness robustness_baseline corruption_table corrupted_data fgsm_epsilons": ("eval",),
+    "iterations student_models teacher_epochs student_epochs student_init teacher_noise "
+    "teacher_checkpoint": ("iterate",),
+}
+FLAG_MODES = {name: modes for names, modes in READ_BY.items() for name in names.split()}
 
 
-def check_default_data():
-  """Before any work: a mode whose main input is the default data set, not made yet, gets an
-  error saying how to make it (a fresh clone's `python main.py` failed on a missing manifest).
-  Anything else missing is reported by the phase, naming its flag."""
+def command_line_flags(argv):
+  """The names of the flags `argv` sets itself (not through --flagfile)."""
+  names = []
+  for arg in argv[1:]:
+    if arg == "--":
+      break
+    if not arg.startswith("-"):
+      continue
+    name = arg.lstrip("-").split("=", 1)[0]
+    if name not in FLAGS and name.startswith("no") and name[2:] in FLAGS:
+      name = name[2:]  # --noflag
+    if name in FLAG_MODES:
+      names.append(name)
+  return names
+
+
+def check_flags_read(mode, names):
+  """Raises app.UsageError for each of `names` that `mode` does not read."""
+  unread = [name for name in names if mode not in FLAG_MODES[name]]
+  if unread:
+    raise app.UsageError("; ".join(
+        f"--{name} is not read by --mode={mode} (it is read by --mode="
+        f"{'|'.join(FLAG_MODES[name])})" for name in unread))
+
+
+_COMMAND_LINE = []  # set by parse_flags: the flags the command line itself gave
+
+
+def parse_flags(argv):
+  """app.run's flag parser: absl's, remembering which flags the command line itself set."""
+  remaining = app.parse_flags_with_usage(argv)
+  _COMMAND_LINE[:] = command_line_flags(argv)
+  return remaining
+
+
+# Each mode's main input: needed, and checked before any work.
+_MAIN_INPUT = {"convert": "input", "train": "labeled_data", "finetune": "labeled_data",
+               "iterate": "labeled_data", "predict": "unlabeled_data", "filter": "unlabeled_data",
+               "beam": "unlabeled_data", "eval": "eval_data"}
+
+
+def check_main_input():
+  """Before any work: a mode's main input is given (no data flag has a default), and when it is
+  the demo's data set, not made yet, the error says how to make it (a fresh clone's
+  `python main.py` failed on a missing manifest). Anything else missing is reported by the
+  phase, naming its flag."""
   name = _MAIN_INPUT.get(FLAGS.mode)
   value = FLAGS[name].value if name else None
+  if name and not value:
+    raise app.UsageError(
+        f"--mode={FLAGS.mode} needs --{name} (the demo's data: `bash scripts/demo.sh` converts "
+        "it, and --flagfile=recipes/fashion_mnist_demo.flags names its paths)")
   default_data = os.path.normpath(DEFAULT_DATA) + os.sep
   if value and (os.path.normpath(value) + os.sep).startswith(default_data) and not glob.glob(value):
     raise ValueError(
@@ -530,7 +642,8 @@ def main(argv):
   try:
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    check_default_data()
+    check_flags_read(FLAGS.mode, _COMMAND_LINE)
+    check_main_input()
     _MODES[FLAGS.mode]()
   except (ValueError, FileNotFoundError, app.UsageError) as e:
     # Bad input (a path, a flag value, a checkpoint that does not fit, a missing flag): one
@@ -558,7 +671,7 @@ def find_flag_files_in_project():
 def run():
   """`python main.py`, and the `noisy-student` command of `pip install .`."""
   find_flag_files_in_project()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -41,13 +41,13 @@ def raw_rate(model, images, batch_size):
   The trace is timed as the first call less an average call: predict pays it once per run,
   so it weighs on a short benchmark far more than on a real run over millions of images.
   """
-  infer = predict.inference_function(model)
+  infer = predict.inference_step(model, predict.PredictConfig(batch_size=batch_size))
   start = time.perf_counter()
-  infer(images[:batch_size]).numpy()
+  infer(images[:batch_size])
   first_call = time.perf_counter() - start
   start = time.perf_counter()
   for i in range(0, len(images), batch_size):
-    infer(images[i:i + batch_size]).numpy()
+    infer(images[i:i + batch_size])
   seconds = time.perf_counter() - start
   return len(images) / seconds, first_call - seconds * batch_size / len(images)
 

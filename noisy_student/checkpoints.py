@@ -10,6 +10,7 @@ import tensorflow as tf
 import efficientnet
 from data import manifest
 from data import preprocess
+from noisy_student import distribute
 
 FORMATS = ("keras", "reference")  # --checkpoint_format
 FINAL_MODEL = "model.keras"      # a train run's final model, EMA weights
@@ -33,8 +34,10 @@ def resolve_model_file(checkpoint):
   return checkpoint
 
 
-def load_model(checkpoint, *, checkpoint_format="keras", model_args=None, num_classes=None):
-  """Loads the model to run.
+def load_model(checkpoint, *, checkpoint_format="keras", model_args=None, num_classes=None,
+               mixed_precision="none", strategy=None):
+  """Loads the model to run, computing in `mixed_precision`'s dtype, under `strategy`'s scope
+  (default: the current strategy).
 
   Args:
     checkpoint: see `resolve_model_file`; for checkpoint_format="reference", a TF1 checkpoint
@@ -42,16 +45,23 @@ def load_model(checkpoint, *, checkpoint_format="keras", model_args=None, num_cl
     checkpoint_format: "keras" or "reference".
     model_args: build_model keyword arguments (variant, image_size, ...) for "reference".
     num_classes: when given, the loaded model must have exactly this many classes.
+    mixed_precision: "none", "bfloat16" or "float16" (distribute.PRECISION_POLICIES); weights
+      and logits stay float32.
+    strategy: the tf.distribute strategy whose replicas will run the model (for a multi-worker
+      one, this worker's devices: `distribute.inference_strategy`).
   """
-  if checkpoint_format == "reference":
-    args = dict(model_args or {})
-    model = efficientnet.build_model(args.pop("variant"), num_classes or 1000, **args)
-    efficientnet.load_reference_checkpoint(model, checkpoint, use_ema=True)
-  elif checkpoint_format == "keras":
-    path = resolve_model_file(checkpoint)
-    model = keras.models.load_model(path, compile=False)
-  else:
+  if checkpoint_format not in FORMATS:
     raise ValueError(f"checkpoint_format must be one of {FORMATS}, got {checkpoint_format!r}")
+  strategy = distribute.inference_strategy(strategy)
+  # An EfficientNet .keras file is rebuilt from its builder arguments (EfficientNet.from_config),
+  # so its layers take the policy in force while it loads.
+  with distribute.precision(mixed_precision), strategy.scope():
+    if checkpoint_format == "reference":
+      args = dict(model_args or {})
+      model = efficientnet.build_model(args.pop("variant"), num_classes or 1000, **args)
+      efficientnet.load_reference_checkpoint(model, checkpoint, use_ema=True)
+    else:
+      model = keras.models.load_model(resolve_model_file(checkpoint), compile=False)
   check_classes(model, num_classes, checkpoint)
   return model
 
@@ -95,9 +105,10 @@ def eval_preprocessing(checkpoint, model=None, *, checkpoint_format="keras", pad
   file without its run, a reference checkpoint) the loaded `model` decides the size and
   small-image preprocessing (`EfficientNet.image_size`: the size it was built for, else its
   variant's, 32 for the small-image model), `pad_crop` may override the latter, and
-  `normalization` names the mean/std ("imagenet", "svhn"; "manifest" has no manifest to read
-  here and means "imagenet"). `image_size`, when given, overrides the size in both cases
-  (--inference_image_size).
+  `normalization` names the mean/std ("imagenet", "svhn"). A reference checkpoint was trained on
+  ImageNet: "manifest" (nothing to read) means "imagenet" for it; for a .keras file without its
+  run it is an error, since a guess would evaluate a model on images it was never trained to see.
+  `image_size`, when given, overrides the size in both cases (--inference_image_size).
   """
   run = load_run_config(checkpoint) if checkpoint_format == "keras" else None
   if run is not None:
@@ -107,6 +118,11 @@ def eval_preprocessing(checkpoint, model=None, *, checkpoint_format="keras", pad
   else:
     if model is None:
       raise ValueError(f"{checkpoint!r} has no {RUN_CONFIG}: its model is needed to see its size")
+    if normalization == "manifest" and checkpoint_format == "keras":
+      raise ValueError(
+          f"--checkpoint {checkpoint!r} has no {RUN_CONFIG} beside it, so the mean/std its "
+          "images were normalised with is unknown: keep the model in its train run's workdir, "
+          "or name the normalisation (--normalization=imagenet or svhn)")
     built_small = bool(model.efficientnet_config["small_image"])
     small = built_small if pad_crop is None else pad_crop
     size = model.image_size

@@ -84,8 +84,75 @@ def per_class_accuracy(accuracy_by_class, path, *, title="per-class top-1", clas
   return _save(figure, path)
 
 
-def training_curves(history, path):
-  """Loss parts and labeled accuracy per Keras epoch, from a train run's history.json."""
+# Above this many classes a confusion matrix is drawn without its counts, and above
+# MAX_NAMED_CLASSES without class names: they would no longer be legible.
+MAX_ANNOTATED_CLASSES = 20
+MAX_NAMED_CLASSES = 50
+
+
+def confusion_matrix(matrix, path, *, class_names=None):
+  """Counts of (true class, predicted class): rows true, columns predicted, colour per row
+  share (so rare classes show their errors as clearly as common ones), count written in each
+  cell for up to MAX_ANNOTATED_CLASSES classes."""
+  matrix = np.asarray(matrix, np.int64)
+  num_classes = len(matrix)
+  totals = matrix.sum(axis=1, keepdims=True)
+  shares = matrix / np.maximum(totals, 1)
+  size = min(12, max(4, 0.45 * num_classes + 2))
+  figure, ax = plt.subplots(figsize=(size, size * 0.9))
+  image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+  figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+  if num_classes <= MAX_ANNOTATED_CLASSES:
+    for (row, column), count in np.ndenumerate(matrix):
+      if count:
+        ax.text(column, row, str(count), ha="center", va="center", fontsize=6,
+                color="white" if shares[row, column] > 0.5 else "black")
+  if num_classes <= MAX_NAMED_CLASSES:
+    ticks = list(class_names) if class_names else [str(c) for c in range(num_classes)]
+    ax.set_xticks(range(num_classes), ticks, fontsize=7, **_tick_style(ticks))
+    ax.set_yticks(range(num_classes), ticks, fontsize=7)
+  ax.set_xlabel("predicted class")
+  ax.set_ylabel("true class")
+  ax.set_title(f"confusion matrix ({int(matrix.sum())} images, counts)", fontsize=9)
+  return _save(figure, path)
+
+
+def reliability_diagram(calibration, ece, path, *, threshold=None):
+  """Accuracy against confidence per confidence bin (evaluate.calibration's), the diagonal of a
+  calibrated model, and the images per bin below; the filter's threshold in red."""
+  edges = np.asarray(calibration["bin_edges"])
+  widths, lefts = np.diff(edges), edges[:-1]
+  nan = lambda values: np.array([np.nan if v is None else v for v in values], np.float64)
+  accuracy, confidence = nan(calibration["accuracy"]), nan(calibration["confidence"])
+  figure, (top, bottom) = plt.subplots(2, 1, figsize=(4.5, 5), sharex=True,
+                                       gridspec_kw={"height_ratios": [3, 1]})
+  top.bar(lefts, accuracy, widths, align="edge", color="tab:blue", edgecolor="white",
+          label="accuracy")
+  top.scatter(lefts + widths / 2, confidence, color="tab:orange", marker="_", s=150, zorder=3,
+              label="mean confidence")
+  top.plot([0, 1], [0, 1], color="tab:gray", linestyle="--", linewidth=1, label="calibrated")
+  bottom.bar(lefts, calibration["count"], widths, align="edge", color="tab:gray",
+             edgecolor="white")
+  if threshold:
+    top.axvline(threshold, color="tab:red", linewidth=1, label=f"filter threshold {threshold:g}")
+    bottom.axvline(threshold, color="tab:red", linewidth=1)
+  top.set_xlim(0, 1)
+  top.set_ylim(0, 1)
+  top.set_ylabel("accuracy")
+  # Upper left: above the diagonal at low confidence, where a model rarely has bars.
+  top.legend(fontsize=7, loc="upper left")
+  top.set_title(f"reliability (ECE {ece:.4f}, {len(lefts)} bins)", fontsize=9)
+  bottom.set_xlabel("confidence (top softmax probability)")
+  bottom.set_ylabel("images", fontsize=8)
+  bottom.tick_params(labelsize=7)
+  return _save(figure, path)
+
+
+def training_curves(history, path, *, evaluations=None, first_epoch=0):
+  """Loss parts and labeled accuracy per Keras epoch, from a train run's history.json, and the
+  periodic evaluation's top-1 (its "periodic_eval") beside the accuracy. The curves are drawn at
+  their history row; an evaluation after Keras epoch k (1-based) of a run that started (or
+  resumed) at `first_epoch` is that epoch's row, k - 1 - first_epoch."""
   figure, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
   for name in ("loss", "labeled_loss", "unlabeled_loss"):
     if name in history and any(history[name]):
@@ -94,6 +161,11 @@ def training_curves(history, path):
   left.legend(fontsize=7)
   if "accuracy" in history:
     right.plot(history["accuracy"], label="labeled accuracy (training images, as augmented)")
+  if evaluations and evaluations["points"]:
+    points = evaluations["points"]
+    right.plot([p["keras_epoch"] - 1 - first_epoch for p in points], [p["top1"] for p in points],
+               marker="o", markersize=3,
+               label=f"{evaluations['split']} top-1 (the model as it would be saved)")
   if "learning_rate" in history:
     lr = right.twinx()
     lr.plot(history["learning_rate"], color="tab:gray", linestyle=":", label="learning rate")
@@ -210,4 +282,36 @@ def robustness(results, path, baseline_results=None, *, labels=("model", "baseli
   if baseline_results is not None:
     axes[0].legend(fontsize=8)
   figure.suptitle(f"{labels[0]}: {_robustness_summary(results)}", fontsize=10)
+  return _save(figure, path)
+
+
+def pseudo_label_samples(rows, path, *, threshold=None, class_names=None):
+  """A grid of pseudo-labeled images, one row per class, each with its confidence.
+
+  Args:
+    rows: [(class index, [(image, confidence), ...])], images as uint8 [H, W, 3] arrays (None:
+      not decodable), in the order to draw them (filter_phase.report_samples: the most confident
+      kept images, then the least confident).
+  """
+  columns = max([len(images) for _, images in rows] + [1])
+  figure, axes = plt.subplots(len(rows), columns, figsize=(0.8 * columns + 1, 0.95 * len(rows)),
+                              squeeze=False)
+  for (label, images), row in zip(rows, axes):
+    for ax in row:
+      ax.set_xticks([])
+      ax.set_yticks([])
+      for spine in ax.spines.values():
+        spine.set_visible(False)
+    for ax, (image, confidence) in zip(row, images):
+      if image is None:
+        ax.text(0.5, 0.5, "not\ndecodable", ha="center", va="center", fontsize=5)
+      else:
+        ax.imshow(image, interpolation="nearest")
+      ax.set_xlabel(f"{confidence:.2f}", fontsize=6, labelpad=1)
+    name = class_names[label] if class_names else f"class {label}"
+    row[0].set_ylabel(name if images else f"{name}\n(none kept)", fontsize=7, rotation=0,
+                      ha="right", va="center")
+  kept = f"confidence >= {threshold:g}" if threshold else "every confidence"
+  figure.suptitle(f"pseudo-labeled images per class ({kept}): the most confident kept first, "
+                  "the least confident last", fontsize=9)
   return _save(figure, path)

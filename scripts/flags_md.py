@@ -14,9 +14,9 @@ from absl import flags  # noqa: E402
 import main  # noqa: E402
 
 GROUPS = (
-    ("Common (every mode)", "mode workdir model image_size small_image pad_crop "
+    ("Common", "mode workdir model image_size small_image pad_crop "
      "width_coefficient "
-     "depth_coefficient num_classes seed strategy tpu mixed_precision batch_size "
+     "depth_coefficient num_classes seed strategy tpu mixed_precision jit_compile batch_size "
      "inference_batch_size "
      "normalization"),
     ("Data (train, finetune, predict, filter, eval, iterate)",
@@ -29,14 +29,16 @@ GROUPS = (
      "randaugment_layers "
      "randaugment_magnitude cutout flip dropout_rate survival_prob base_learning_rate "
      "final_learning_rate warmup_epochs lr_decay_epochs lr_decay_factor weight_decay "
-     "label_smoothing ema_decay batch_norm_recalibration_images freeze_blocks finetune_noise"),
+     "label_smoothing ema_decay batch_norm_recalibration_images eval_every_keras_epochs "
+     "freeze_blocks finetune_noise"),
     ("predict, eval and export (also beam)",
      "checkpoint checkpoint_format inference_image_size top_k num_workers worker_index "
      "predictions_format"),
     ("filter (also iterate, beam)",
      "predictions confidence_threshold images_per_class balance duplicate_to_balance"),
     ("beam: predict + filter as one Apache Beam pipeline", "beam_options"),
-    ("eval: robustness", "robustness robustness_baseline fgsm_epsilons corruption_table corrupted_data"),
+    ("eval: robustness",
+     "robustness robustness_baseline fgsm_epsilons corruption_table corrupted_data"),
     ("iterate", "iterations student_models teacher_epochs student_epochs student_init "
      "teacher_noise teacher_checkpoint"),
 )
@@ -45,7 +47,9 @@ HEADER = """# Flags of main.py
 
 `python main.py --mode=MODE [flags]`, or `--flagfile=recipes/NAME.flags` for a recipe (later flags
 override the file's). Flags are checked when parsed: an unknown flag, a value outside its range or
-enum, or a bad combination fails before anything runs. This file is written by
+enum, or a bad combination fails before anything runs. A flag given on the command line to a mode
+that does not read it (last column) is an error naming the modes that do; a recipe may set flags
+for several modes. This file is written by
 `python scripts/flags_md.py > flags.md`; a test fails when it and main.py disagree.
 """
 
@@ -58,7 +62,8 @@ def main_():
     raise SystemExit(f"update GROUPS: undocumented {sorted(missing)}, unknown {sorted(extra)}")
   print(HEADER)
   for title, names in GROUPS:
-    print(f"## {title}\n\n| flag | type | default | meaning |\n|---|---|---|---|")
+    print(f"## {title}\n\n| flag | type | default | meaning | read by modes |\n"
+          "|---|---|---|---|---|")
     for name in names.split():
       flag = defined[name]
       kind = flag.flag_type()
@@ -69,7 +74,8 @@ def main_():
       if isinstance(default, list):
         default = ",".join(default) or "(empty)"
       meaning = re.sub(r"^<[^>]*>: ", "", flag.help).replace("|", "/")
-      print(f"| `--{name}` | {kind} | `{default}` | {meaning} |")
+      modes = ", ".join(main.FLAG_MODES[name])
+      print(f"| `--{name}` | {kind} | `{default}` | {meaning} | {modes} |")
     print()
 
 

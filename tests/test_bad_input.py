@@ -25,6 +25,8 @@ from noisy_student.phases import predict
 TINY = dict(small_image=True, image_size=16, width_coefficient=0.1, depth_coefficient=0.1)
 TINY_MODEL = ["--small_image", "--image_size=16", "--width_coefficient=0.1",
               "--depth_coefficient=0.1"]
+# teacher.keras is a model file without its train run: its normalisation must be named.
+BARE_TEACHER = [*TINY_MODEL, "--normalization=imagenet"]
 NUM_CLASSES = 3
 
 
@@ -106,7 +108,8 @@ def inputs(tmp_path_factory):
 
 
 def _predict(root, unlabeled, output, *extra):
-  run("--mode=predict", f"--checkpoint={root / 'teacher.keras'}", f"--unlabeled_data={unlabeled}",
+  run("--mode=predict", f"--checkpoint={root / 'teacher.keras'}", "--normalization=imagenet",
+      f"--unlabeled_data={unlabeled}",
       f"--output={output}", "--batch_size=8", *TINY_MODEL, *extra)
   return json.loads((output / "summary.json").read_text())
 
@@ -201,7 +204,7 @@ def test_truncated_shards_are_an_error_naming_them(undecodable, inputs, tmp_path
   output = tmp_path / "predictions"
   message = _error("--mode=predict", f"--checkpoint={inputs / 'teacher.keras'}",
                    f"--unlabeled_data={tmp_path / 'unlabeled'}", f"--output={output}",
-                   *TINY_MODEL)
+                   *BARE_TEACHER)
   assert f"cannot read {second} past record 11" in message
   # The shard before it is finished (a rerun keeps it); nothing of the damaged one is written.
   assert sorted(os.listdir(output)) == sorted([first.name, predict.RUN_IDENTITY])
@@ -279,10 +282,10 @@ def test_empty_directory_is_an_error_naming_it_before_anything_is_written(inputs
   args = {
       "convert": ["--source=folder", f"--input={empty}", "--split=train"],
       "predict": [f"--checkpoint={inputs / 'teacher.keras'}", f"--unlabeled_data={empty}",
-                  *TINY_MODEL],
+                  *BARE_TEACHER],
       "filter": [f"--predictions={empty}", f"--unlabeled_data={inputs / 'unlabeled'}"],
       "eval": [f"--checkpoint={inputs / 'teacher.keras'}", f"--eval_data={empty}",
-               *TINY_MODEL],
+               *BARE_TEACHER],
   }[mode]
   message = _error(f"--mode={mode}", f"--output={output}", *args)
   assert str(empty) in message
@@ -293,7 +296,7 @@ def test_checkpoint_of_another_variant_or_class_count_stops_predict(inputs, tmp_
   output = tmp_path / "out"
   message = _error("--mode=predict", f"--checkpoint={inputs / 'teacher.keras'}",
                    f"--unlabeled_data={inputs / 'unlabeled'}", f"--output={output}",
-                   "--num_classes=5", *TINY_MODEL)
+                   "--num_classes=5", *BARE_TEACHER)
   assert "teacher.keras" in message and "3 classes" in message and "5" in message
   # A tensorflow/tpu checkpoint of efficientnet-b0 read as efficientnet-b1.
   prefix = str(tmp_path / "reference" / "model.ckpt")
@@ -301,7 +304,7 @@ def test_checkpoint_of_another_variant_or_class_count_stops_predict(inputs, tmp_
                     shape_and_slices=[""], tensors=[tf.zeros([3, 3, 3, 8])])
   message = _error("--mode=predict", "--checkpoint_format=reference", f"--checkpoint={prefix}",
                    "--model=efficientnet-b1", f"--unlabeled_data={inputs / 'unlabeled'}",
-                   f"--output={output}", *TINY_MODEL)
+                   f"--output={output}", *BARE_TEACHER)
   assert prefix in message and "efficientnet-b1" in message and "efficientnet-b0" in message
   assert not output.exists()
 
@@ -314,11 +317,11 @@ def test_predict_into_an_output_of_another_teacher_or_top_k_is_an_error(inputs, 
   other = efficientnet.build_model("efficientnet-b0", NUM_CLASSES, **TINY)  # new random weights
   other.save(tmp_path / "other.keras")
   message = _error("--mode=predict", f"--checkpoint={tmp_path / 'other.keras'}",
-                   f"--unlabeled_data={inputs / 'unlabeled'}", f"--output={output}", *TINY_MODEL)
+                   f"--unlabeled_data={inputs / 'unlabeled'}", f"--output={output}", *BARE_TEACHER)
   assert str(output) in message and "teacher" in message
   message = _error("--mode=predict", f"--checkpoint={inputs / 'teacher.keras'}",
                    f"--unlabeled_data={inputs / 'unlabeled'}", f"--output={output}",
-                   "--top_k=2", *TINY_MODEL)
+                   "--top_k=2", *BARE_TEACHER)
   assert "top_k" in message and "teacher" not in message
   assert {p.name: p.read_bytes() for p in output.glob("*.tfrecord")} == shards  # untouched
   # The same teacher and settings resume (every shard kept).

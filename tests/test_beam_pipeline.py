@@ -157,6 +157,7 @@ def test_main_beam_mode_top_k_without_balancing(inputs, tmp_path, prediction_rec
   _single_machine_predict(inputs, tmp_path / "single", predict.PredictConfig(top_k=2, batch_size=8))
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["main.py", "--mode=beam", f"--checkpoint={inputs / 'teacher.keras'}",
+               "--normalization=imagenet",
                f"--unlabeled_data={inputs / 'unlabeled' / '*.tfrecord'}",
                f"--output={tmp_path / 'beam'}", "--small_image", "--image_size=16",
                "--normalization=imagenet", "--top_k=2", "--batch_size=8",

@@ -21,10 +21,9 @@ from absl import flags
 
 import efficientnet
 import main
-from data import convert
 from data import pipeline
 from data import records
-from noisy_student.phases import train
+from noisy_student import distribute
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_MODEL = ["--small_image", "--image_size=16", "--width_coefficient=0.1",
@@ -68,24 +67,13 @@ def run(*args):
   main.main(["main.py"])
 
 
-def _convert(root, split, n, seed, num_shards, unlabeled=False):
-  """Three classes a small network learns in a few steps: which channel is bright."""
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, NUM_CLASSES, n)
-  images = rng.integers(0, 60, (n, 16, 16, 3)).astype(np.uint8)
-  images[np.arange(n), :, :, labels] += 180
-  np.savez(root / f"{split}.npz", images=images, labels=labels)
-  convert.convert("npz", str(root / f"{split}.npz"), str(root / split), split=split,
-                  num_shards=num_shards, unlabeled=unlabeled)
-  return root / split
-
-
 def _files(directory, pattern):
   return {p.name: p.read_bytes() for p in directory.glob(pattern)}
 
 
-def test_predict_workers_split_the_shards_without_overlap_or_gap(tmp_path, prediction_records):
-  unlabeled = _convert(tmp_path, "unlabeled", 30, 2, num_shards=5, unlabeled=True)
+def test_predict_workers_split_the_shards_without_overlap_or_gap(tmp_path, prediction_records,
+                                                                 bright_channel_shards):
+  unlabeled = bright_channel_shards(tmp_path, "unlabeled", 30, 2, num_shards=5, unlabeled=True)
   teacher = tmp_path / "teacher.keras"
   keras.utils.set_random_seed(0)  # the same teacher every run: the tie check below holds for it
   model = efficientnet.build_model("efficientnet-b0", NUM_CLASSES, small_image=True,
@@ -94,7 +82,8 @@ def test_predict_workers_split_the_shards_without_overlap_or_gap(tmp_path, predi
   # logits spread them.
   model.get_layer("predictions").kernel.assign(model.get_layer("predictions").kernel * 300)
   model.save(teacher)
-  common = ["--mode=predict", f"--checkpoint={teacher}", f"--unlabeled_data={unlabeled}",
+  common = ["--mode=predict", f"--checkpoint={teacher}", "--normalization=imagenet",
+            f"--unlabeled_data={unlabeled}",
             "--batch_size=8", *TINY_MODEL]
   run(*common, f"--output={tmp_path / 'one'}")
   for index in range(3):  # three machines writing into one directory
@@ -133,8 +122,8 @@ def test_predict_workers_split_the_shards_without_overlap_or_gap(tmp_path, predi
 
 
 @pytest.fixture(scope="module")
-def labeled(tmp_path_factory):
-  return _convert(tmp_path_factory.mktemp("data"), "labeled", 48, 1, num_shards=2)
+def labeled(tmp_path_factory, bright_channel_shards):
+  return bright_channel_shards(tmp_path_factory.mktemp("data"), "labeled", 48, 1, num_shards=2)
 
 
 def _train_args(labeled, workdir, strategy):
@@ -249,11 +238,11 @@ def test_multi_worker_strategy_with_two_local_workers_trains_and_only_the_chief_
 
 # In the default run: the only check of iterate's division of work between workers.
 def test_iterate_under_multi_worker_splits_predict_and_leaves_the_rest_to_the_chief(
-    labeled, tmp_path):
+    labeled, tmp_path, bright_channel_shards):
   data = tmp_path / "data"
   data.mkdir()
-  unlabeled = _convert(data, "unlabeled", 40, 2, num_shards=4, unlabeled=True)
-  test = _convert(data, "test", 24, 3, num_shards=1)
+  unlabeled = bright_channel_shards(data, "unlabeled", 40, 2, num_shards=4, unlabeled=True)
+  test = bright_channel_shards(data, "test", 24, 3, num_shards=1)
   workdir = tmp_path / "iterate"
   logs = _run_workers(tmp_path, [
       "--mode=iterate", "--strategy=multi_worker", f"--labeled_data={labeled}",
@@ -295,12 +284,12 @@ def test_iterate_under_multi_worker_splits_predict_and_leaves_the_rest_to_the_ch
 ])
 def test_every_training_task_reads_its_own_part_of_the_input(cluster, task, expected):
   """A TF_CONFIG with a separate chief: chief and workers each get a distinct input index."""
-  assert train.input_split(cluster, *task) == expected
-  indices = {train.input_split(cluster, t, i)[1]
+  assert distribute.input_split(cluster, *task) == expected
+  indices = {distribute.input_split(cluster, t, i)[1]
              for t in ("chief", "worker") for i in range(len(cluster.get(t, [])))}
   assert indices == set(range(expected[0]))  # no overlap, no gap
 
 
 def test_parameter_server_tasks_do_not_train():
   with pytest.raises(ValueError, match="'ps'"):
-    train.input_split({"worker": ["a"], "ps": ["p"]}, "ps", 0)
+    distribute.input_split({"worker": ["a"], "ps": ["p"]}, "ps", 0)

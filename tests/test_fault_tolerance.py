@@ -152,10 +152,11 @@ def predict_inputs(tmp_path_factory):
 
 
 def _predict_args(root, output):
-  # batch 4: several batches per shard, so a shard takes a while to predict.
-  return ["--mode=predict", f"--checkpoint={root / 'teacher.keras'}",
-          f"--unlabeled_data={root / 'unlabeled'}", f"--output={output}", "--batch_size=4",
-          *TINY_MODEL]
+  # batch 4: several batches per shard, so a shard takes a while to predict. (--image_size is
+  # the size a run trains at: predict runs the model at the size it was built for, 16.)
+  return ["--mode=predict", f"--checkpoint={root / 'teacher.keras'}", "--normalization=imagenet",
+          f"--unlabeled_data={root / 'unlabeled'}", f"--output={output}",
+          "--inference_batch_size=4", *[f for f in TINY_MODEL if not f.startswith("--image_size")]]
 
 
 @pytest.fixture(scope="module")

@@ -318,7 +318,8 @@ def test_phase_writes_joined_balanced_shuffled_shards(phase_run):
   assert manifest_lib.split_shards(manifest, str(out)) == [str(out / n) for n in train["shards"]]
   assert stats["num_records_read"] == len(truth) and stats["num_shards"] == 3
   assert sorted(os.listdir(out)) == sorted(train["shards"] + [
-      "manifest.json", "stats.json", "confidence_per_class.png", "class_counts.png"])
+      "manifest.json", "stats.json", "confidence_per_class.png", "class_counts.png",
+      filter_phase.SAMPLES_PLOT])
 
 
 @pytest.mark.parametrize("named", [NUM_CLASSES, NUM_CLASSES + 1])
@@ -382,7 +383,8 @@ def test_phase_takes_explicit_lists_with_top_k_and_no_balancing(tmp_path):
   names = json.loads((out / "manifest.json").read_text())["splits"]["train"]["shards"]
   assert len(names) == 2
   assert sorted(os.listdir(out)) == sorted(names + [
-      "manifest.json", "notes.txt", "stats.json", "confidence_per_class.png", "class_counts.png"])
+      "manifest.json", "notes.txt", "stats.json", "confidence_per_class.png", "class_counts.png",
+      filter_phase.SAMPLES_PLOT])
   features = _read_shards(out, names)
   assert sorted(f[records.KEY].bytes_list.value[0] for f in features) == sorted(truth)
   for f in features:

@@ -131,7 +131,7 @@ def test_checkpoint_with_other_class_count_is_rejected(converted, tmp_path):
                                    width_coefficient=0.1, depth_coefficient=0.1)
   model.save(tmp_path / "five.keras")
   message = _error("--mode=eval", f"--checkpoint={tmp_path / 'five.keras'}",
-                   f"--eval_data={converted / 'test'}")
+                   "--normalization=imagenet", f"--eval_data={converted / 'test'}")
   assert "5 classes" in message and "3" in message
 
 
@@ -145,8 +145,10 @@ def test_invalid_flags_fail_at_parse_time(bad_flag):
 
 
 @pytest.mark.parametrize("args, named", [
-    (["--mode=iterate", "--epochs=1"], "--labeled_data=workdir/fashion_mnist/labeled"),
-    (["--mode=eval", "--checkpoint=runs/x"], "--eval_data=workdir/fashion_mnist/test"),
+    (["--mode=iterate", "--epochs=1", "--labeled_data=workdir/fashion_mnist/labeled"],
+     "--labeled_data=workdir/fashion_mnist/labeled"),
+    (["--mode=eval", "--checkpoint=runs/x", "--eval_data=workdir/fashion_mnist/test"],
+     "--eval_data=workdir/fashion_mnist/test"),
     (["--mode=predict", "--checkpoint=runs/x", "--output=o",
       "--unlabeled_data=./workdir/fashion_mnist/unlabeled/"],
      "--unlabeled_data=./workdir/fashion_mnist/unlabeled/"),
@@ -161,6 +163,18 @@ def test_a_missing_default_data_set_is_reported_with_how_to_make_it(tmp_path, mo
   with pytest.raises(SystemExit) as raised:
     run("--mode=predict", "--checkpoint=runs/x", "--output=o", f"--unlabeled_data={tmp_path}/u")
   assert "default data set" not in str(raised.value)
+
+
+@pytest.mark.parametrize("mode, needed", [("train", "labeled_data"), ("eval", "eval_data"),
+                                           ("predict", "unlabeled_data"), ("convert", "input")])
+def test_data_flags_have_no_demo_default(mode, needed):
+  """A run on other data that leaves out a data flag must not read the demo's Fashion-MNIST."""
+  with pytest.raises(SystemExit, match=f"--mode={mode} needs --{needed}"):
+    run(f"--mode={mode}", "--checkpoint=runs/x", "--output=o", "--epochs=1")
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["main.py"])
+  assert all(flags.FLAGS[name].value is None
+             for name in ("labeled_data", "unlabeled_data", "eval_data", "input"))
 
 
 def test_a_missing_flag_is_one_line_naming_it_not_a_page_of_help():
@@ -210,8 +224,7 @@ def test_unknown_flag_in_a_flagfile_names_it(tmp_path):
 
 
 def test_flag_choices_are_the_modules_own():
-  """main.py lists the choices of its enum flags itself (it imports no TensorFlow before a flag
-  parses); these must stay the lists of the modules that act on them."""
+  """Every enum flag offers exactly what the module acting on it accepts."""
   from data import convert  # pylint: disable=g-import-not-at-top
   from data import pipeline  # pylint: disable=g-import-not-at-top
   from noisy_student import checkpoints  # pylint: disable=g-import-not-at-top
@@ -223,7 +236,7 @@ def test_flag_choices_are_the_modules_own():
   assert choices("source") == convert.SOURCES
   assert choices("strategy") == distribute.STRATEGIES
   assert choices("normalization") == train.NORMALIZATIONS
-  assert choices("mixed_precision") == tuple(train.PRECISION_POLICIES)
+  assert choices("mixed_precision") == tuple(distribute.PRECISION_POLICIES)
   assert choices("pseudo_labels") == pipeline.PSEUDO_LABELS == losses.PSEUDO_LABEL_MODES
   assert choices("checkpoint_format") == checkpoints.FORMATS
   assert main.ROBUSTNESS == robustness.KINDS
@@ -428,3 +441,34 @@ def test_iterate_teacher_noise_off_leaves_the_students_noised(monkeypatch, teach
   assert student.epochs == 2 and teacher.epochs == 3
   assert {k: getattr(teacher, k) for k in noised} == (noised if teacher_noise else dict(
       randaugment_layers=0, cutout=False, dropout_rate=0.0, survival_prob=1.0))
+
+
+def test_every_flag_says_which_modes_read_it():
+  defined = {f.name for f in flags.FLAGS.get_flags_for_module(main)}
+  assert set(main.FLAG_MODES) == defined
+  assert all(set(modes) <= set(main.MODES) for modes in main.FLAG_MODES.values())
+
+
+def test_command_line_flags_are_told_apart_from_recipe_lines():
+  argv = ["main.py", "--flagfile=recipes/x.flags", "--mode=eval", "--nobalance", "--seed", "3",
+          "-epochs=2", "--", "--top_k=1"]
+  assert main.command_line_flags(argv) == ["mode", "balance", "seed", "epochs"]
+
+
+def test_a_flag_the_mode_does_not_read_is_an_error_unless_a_recipe_sets_it(tmp_path):
+  def main_py(*args):
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=120)
+
+  result = main_py("--mode=eval", "--checkpoint=runs/x", "--eval_data=e", "--epochs=3",
+                   "--top_k=5")
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert ("--epochs is not read by --mode=eval (it is read by --mode=train|finetune|iterate); "
+          "--top_k is not read by --mode=eval (it is read by --mode=predict|beam|iterate)"
+          ) in result.stderr
+  # The SVHN teacher recipe sets training flags; convert ignores them (it fails later, on its
+  # missing input, not on the recipe).
+  result = main_py(f"--flagfile={ROOT / 'recipes/svhn_teacher.flags'}", "--mode=convert",
+                   f"--input={tmp_path / 'missing'}", f"--output={tmp_path / 'out'}")
+  assert result.returncode != 0 and "is not read by" not in result.stderr
+  assert "missing" in result.stderr

@@ -160,7 +160,7 @@ def _shards(directory):
 def _predict(inputs, name, normalization_flag, *extra):
   root = inputs[0]
   output = root / name
-  run("--mode=predict", f"--checkpoint={root / 'teacher.keras'}",
+  run("--mode=predict", f"--checkpoint={root / 'teacher.keras'}", "--normalization=imagenet",
       f"--unlabeled_data={root / 'unlabeled'}", f"--output={output}", "--batch_size=5",
       f"--normalization={normalization_flag}", *TINY_MODEL, *extra)
   return output

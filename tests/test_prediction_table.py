@@ -52,7 +52,7 @@ def converted(tmp_path_factory):
 
 
 def _predict(root, output, *args):
-  run("--mode=predict", f"--checkpoint={root / 'teacher.keras'}",
+  run("--mode=predict", f"--checkpoint={root / 'teacher.keras'}", "--normalization=imagenet",
       f"--unlabeled_data={root / 'unlabeled'}", f"--output={output}", *args)
   return json.loads((output / "summary.json").read_text()) if (output / "summary.json").exists() \
       else None

@@ -5,10 +5,12 @@ import json
 import pathlib
 
 import numpy as np
+import pytest
 from absl import flags
 
 import efficientnet
 import main
+from data import preprocess
 from noisy_student import checkpoints
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -62,3 +64,18 @@ def test_a_checkpoint_without_its_run_is_seen_at_the_size_it_was_built_for(tmp_p
                                    width_coefficient=0.1, depth_coefficient=0.1)
   assert small.image_size == 32
   assert checkpoints.eval_preprocessing("unused", small, image_size=24).image_size == 24
+
+
+def test_a_checkpoint_without_its_run_needs_its_normalisation_named(tmp_path):
+  """A .keras file alone does not say which mean/std its images had: no silent ImageNet guess.
+  A reference checkpoint was trained on ImageNet, so its default is ImageNet's."""
+  bare = efficientnet.build_model("efficientnet-b0", 3, small_image=True,
+                                  width_coefficient=0.1, depth_coefficient=0.1)
+  with pytest.raises(ValueError, match=r"bare\.keras.*no train_config\.json.*--normalization"):
+    checkpoints.eval_preprocessing(str(tmp_path / "bare.keras"), bare, normalization="manifest")
+  named = checkpoints.eval_preprocessing(str(tmp_path / "bare.keras"), bare, normalization="svhn")
+  assert (named.mean, named.std) == tuple(map(tuple, preprocess.NORMALIZATIONS["svhn"]))
+  reference = checkpoints.eval_preprocessing("ckpt", bare, checkpoint_format="reference",
+                                             normalization="manifest")
+  imagenet = preprocess.NORMALIZATIONS["imagenet"]
+  assert (reference.mean, reference.std) == tuple(map(tuple, imagenet))

@@ -92,7 +92,7 @@ def run_beam(checkpoint, unlabeled_data, output_dir, preprocess_config, config,
   if num_shards is not None and int(num_shards) < 1:
     raise ValueError(f"num_shards must be >= 1 or None, got {num_shards!r}")
   load = dict(checkpoint=checkpoint, checkpoint_format=checkpoint_format, model_args=model_args,
-              num_classes=num_classes)
+              num_classes=num_classes, mixed_precision=config.mixed_precision)
   # Loaded here once, also to fail before any work on a bad checkpoint, and so that a rerun into
   # the same output keeps only prediction shards of the same teacher and settings.
   teacher = checkpoints.load_model(**load)
@@ -174,7 +174,7 @@ class _Predict(beam.DoFn):
 
   def setup(self):
     self._model = checkpoints.load_model(**self._load)
-    self._infer = predict.inference_function(self._model)
+    self._infer = predict.inference_step(self._model, self._config)
     self._progress = predict.Progress()
 
   def process(self, element):

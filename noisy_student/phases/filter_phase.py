@@ -28,6 +28,11 @@ Output directory: `train-XXXXX-of-YYYYY.tfrecord` shards, `manifest.json` (`data
 layout with one split, "train", and source "filter", so the directory can be passed as
 pseudo-labeled data) and `stats.json`, written last. Shards a previous run's manifest listed and
 this run did not write are removed. The same inputs and seed give the same bytes.
+
+Report plots, beside them: the teacher's confidence per class, images per class before and after
+balancing, and `pseudo_label_samples.png`, a grid of kept images per class with their confidence
+(`report_samples` picks them; their records are kept as pass 2 writes them, so the output is not
+read again).
 """
 
 import dataclasses
@@ -46,12 +51,18 @@ from noisy_student import filter_balance
 from noisy_student import plots
 
 HISTOGRAM_BINS = 20  # confidence bins of the report plot
+# The sample grid (pseudo_label_samples.png): per class the SAMPLES_PER_END most and least
+# confident kept images, for at most SAMPLE_CLASSES classes (a seeded choice of them beyond).
+SAMPLES_PER_END = 8
+SAMPLE_CLASSES = 20
+SAMPLES_PLOT = "pseudo_label_samples.png"
 
 SUMMARY = "summary.json"
 STATS = "stats.json"
 SHARD_PREFIX = "train"
-# Seed-sequence tags, so the shard assignment and the shuffles draw independent streams.
-ASSIGN_TAG, SHUFFLE_TAG = 1, 2
+# Seed-sequence tags, so the shard assignment, the shuffles and the report's choice of classes
+# draw independent streams.
+ASSIGN_TAG, SHUFFLE_TAG, SAMPLE_TAG = 1, 2, 3
 _LOG_EVERY_S = 10
 
 
@@ -114,8 +125,10 @@ def filter_and_balance_phase(predictions, unlabeled_data, output_dir,
   if selection.empty_classes:
     logging.warning("filter: %d classes have no kept record and stay empty: %s",
                     len(selection.empty_classes), selection.empty_classes[:20])
-  shard_names = _write_training_shards(pairs, counts, selection, soft, output_dir, num_shards,
-                                       rule.seed, batch_size)
+  samples = report_samples(selection, seed=rule.seed)
+  shard_names, sampled = _write_training_shards(
+      pairs, counts, selection, soft, output_dir, num_shards, rule.seed, batch_size,
+      sample_ids=np.concatenate([ids for _, ids in samples] + [np.zeros(0, np.int64)]))
   # The unlabeled data's manifest names the classes when it came from labeled data (as the
   # converter's splits do); the filter's manifest and plots carry the names on.
   class_names = manifest_lib.class_names_for(pairs[0].unlabeled, num_classes)
@@ -124,7 +137,50 @@ def filter_and_balance_phase(predictions, unlabeled_data, output_dir,
                               threshold=rule.threshold, class_names=class_names)
   plots.class_counts(selection.after_threshold, selection.with_copies,
                      os.path.join(output_dir, "class_counts.png"), class_names=class_names)
+  plots.pseudo_label_samples(
+      [(label, [_decoded_sample(sampled[i]) for i in ids]) for label, ids in samples],
+      os.path.join(output_dir, SAMPLES_PLOT), threshold=rule.threshold, class_names=class_names)
   return stats
+
+
+def report_samples(selection, per_end=SAMPLES_PER_END, max_classes=SAMPLE_CLASSES, seed=0):
+  """The kept records the sample grid shows: [(class, record ids)], classes ascending.
+
+  Per class, its kept records (copies aside) ordered by confidence descending, then record id
+  ascending (the filter's own order): all of them when there are at most 2 * per_end, else the
+  first per_end and the last per_end, i.e. the most and the least confident kept. With more
+  than `max_classes` classes, `max_classes` of them drawn with `default_rng([seed, SAMPLE_TAG])`.
+  """
+  num_classes = selection.num_classes
+  classes = np.arange(num_classes)
+  if num_classes > max_classes:
+    classes = np.sort(np.random.default_rng([seed, SAMPLE_TAG]).choice(
+        num_classes, max_classes, replace=False))
+  order = np.lexsort((selection.record_ids, -selection.confidences.astype(np.float64),
+                      selection.labels))
+  labels, ids = selection.labels[order], selection.record_ids[order]
+  starts = np.searchsorted(labels, classes, side="left")
+  ends = np.searchsorted(labels, classes, side="right")
+  samples = []
+  for label, start, end in zip(classes, starts, ends):
+    chosen = ids[start:end]
+    if len(chosen) > 2 * per_end:
+      chosen = np.concatenate([chosen[:per_end], chosen[-per_end:]])
+    samples.append((int(label), chosen.astype(np.int64)))
+  return samples
+
+
+def _decoded_sample(serialized):
+  """(image uint8 [H, W, 3] or None when its bytes do not decode, confidence) of a training
+  record as written."""
+  feature = tf.train.Example.FromString(serialized).features.feature
+  confidence = feature[records.CONFIDENCE].float_list.value[0]
+  try:
+    image = tf.io.decode_image(feature[records.ENCODED].bytes_list.value[0], channels=3,
+                               expand_animations=False).numpy()
+  except tf.errors.OpError:  # the filter never decodes; a bad image shows as such, not as a crash
+    image = None
+  return image, confidence
 
 
 def _resolve_pairs(predictions, unlabeled_data):
@@ -305,8 +361,10 @@ def output_shard_count(num_shards, num_inputs, num_records):
 
 
 def _write_training_shards(pairs, counts, selection, soft, output_dir, num_shards, seed,
-                           batch_size):
-  """Pass 2: joins, assigns, spills, shuffles and writes; returns the shard file names."""
+                           batch_size, sample_ids=()):
+  """Pass 2: joins, assigns, spills, shuffles and writes; returns the shard file names and
+  {record id: its serialized training record} for the kept records `sample_ids` (the report's
+  samples, taken as they are written rather than by reading the output again)."""
   num_shards = output_shard_count(num_shards, len(pairs), selection.num_records)
   names = [records.shard_name(SHARD_PREFIX, j, num_shards) for j in range(num_shards)]
   finals = [os.path.join(output_dir, name) for name in names]
@@ -314,7 +372,7 @@ def _write_training_shards(pairs, counts, selection, soft, output_dir, num_shard
   tf.io.gfile.makedirs(output_dir)
   bounds = np.searchsorted(selection.record_ids, np.cumsum([0] + counts))
   offsets = np.cumsum([0] + counts)
-  writers = []
+  writers, sampled = [], {}
   try:
     writers = [tf.io.TFRecordWriter(path) for path in spills]
     position, read, start = 0, 0, time.perf_counter()
@@ -325,8 +383,14 @@ def _write_training_shards(pairs, counts, selection, soft, output_dir, num_shard
       targets = assign_shards(position, int(copies.sum()), num_shards, seed, index)
       position += len(targets)
       joined = joined_records(pair, local_ids, copies, soft, batch_size)
-      for target, serialized in zip(targets, joined, strict=True):
+      # The record id of each record `joined` yields: kept records in order, each `copies` times.
+      written_ids = np.repeat(selection.record_ids[kept], copies)
+      wanted = np.isin(written_ids, sample_ids)
+      for target, serialized, record_id, sample in zip(targets, joined, written_ids, wanted,
+                                                       strict=True):
         writers[target].write(serialized)
+        if sample:
+          sampled[int(record_id)] = serialized
       read += counts[index]
       logging.log_every_n_seconds(logging.INFO, "filter pass 2: shard %d/%d, %.0f records/s",
                                   _LOG_EVERY_S, index + 1, len(pairs),
@@ -343,7 +407,7 @@ def _write_training_shards(pairs, counts, selection, soft, output_dir, num_shard
     for spill in spills:
       if tf.io.gfile.exists(spill):
         tf.io.gfile.remove(spill)
-  return names
+  return names, sampled
 
 
 def assign_shards(position, count, num_shards, seed, input_index):

@@ -23,6 +23,7 @@ import efficientnet
 from data import manifest as manifest_lib
 from data import records
 from noisy_student import checkpoints
+from noisy_student import distribute
 from noisy_student.phases import evaluate
 from noisy_student import filter_balance
 from noisy_student.phases import filter_phase
@@ -195,12 +196,16 @@ class Teacher:
     return model.efficientnet_config["variant"], checkpoints.model_classes(model)
 
 
-def _eval(teacher, eval_data, validation_data, directory):
-  model = teacher.load()
+def _eval(teacher, eval_data, validation_data, directory, config, strategy, threshold):
+  """The round's eval, into `directory`: for a teacher, its reliability diagram is its confidence
+  against its accuracy, with the filter's `threshold` marked. Returns the metrics its DONE mark
+  keeps (metrics.json has the confusion matrix too)."""
+  model = teacher.load(mixed_precision=config.mixed_precision, strategy=strategy)
   prep = teacher.eval_preprocessing(model)
-  return evaluate.eval_phase(
-      model, prep, directory, eval_data=eval_data, validation_data=validation_data,
-      class_names=manifest_lib.class_names_for(eval_data, model.output_shape[-1]))
+  return evaluate.compact_metrics(evaluate.eval_phase(
+      model, prep, directory, eval_data=eval_data, validation_data=validation_data, config=config,
+      strategy=strategy, confidence_threshold=threshold,
+      class_names=manifest_lib.class_names_for(eval_data, model.output_shape[-1])))
 
 
 # A teacher whose top-1 is less than this share of the way from chance to 100% is not used.
@@ -244,8 +249,9 @@ def summary_table(rounds):
 
 
 def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_data, eval_data,
-            filter_rule=None, validation_data=None, predict_config=None, strategy=None,
-            student_overrides=None, student_init="scratch", teacher_checkpoint=None):
+            filter_rule=None, validation_data=None, predict_config=None, eval_config=None,
+            strategy=None, student_overrides=None, student_init="scratch",
+            teacher_checkpoint=None):
   """Runs K = len(student_models) Noisy Student rounds.
 
   Args:
@@ -255,11 +261,13 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
     labeled_data, unlabeled_data, eval_data: data arguments (directories or globs).
     predict_config: `predict.PredictConfig` of the teacher's predictions (top-k, batch size);
       the workers' split is iterate's own.
+    eval_config: `evaluate.EvalConfig` of every round's eval.
     validation_data: a held-out labeled split evaluated beside eval_data in every round (choices
-      are made on it, and the teacher check uses it), optional.
+      are made on it, and the teacher check uses it), and while training when teacher_config's
+      eval_every_keras_epochs is set (the test set is not read then), optional.
     filter_rule: `filter_balance.FilterRule` of every round's filter (default: the paper's).
-    strategy: tf.distribute strategy for training; under MultiWorkerMirroredStrategy, see the
-      module docstring.
+    strategy: tf.distribute strategy for training, predict and eval; under
+      MultiWorkerMirroredStrategy, see the module docstring.
     student_overrides: TrainConfig fields to change for students (e.g. epochs).
     student_init: "scratch" (the paper) or "teacher": start each student from its teacher's
       weights where layer shapes match, which reaches a given accuracy in fewer steps.
@@ -276,13 +284,23 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
   if sizes != sorted(sizes):
     raise ValueError(f"students must be equal or larger than their teachers: "
                      f"{[first] + list(student_models)}")
-  worker = Worker(*train.worker_split(strategy or tf.distribute.get_strategy()))
+  if teacher_config.eval_every_keras_epochs and not validation_data:
+    raise ValueError("--eval_every_keras_epochs in iterate evaluates on --validation_data, which "
+                     "is not given (the test set, --eval_data, is read once per model, at its "
+                     "end)")
+  worker = Worker(*distribute.worker_split(strategy or tf.distribute.get_strategy()))
+  predict_config = predict_config or predict.PredictConfig()
+  eval_config = eval_config or evaluate.EvalConfig()
+  filter_rule = filter_rule or filter_balance.FilterRule()
+  # How often training evaluates shapes no result: a rerun may change it.
+  recorded_config = {k: v for k, v in dataclasses.asdict(teacher_config).items()
+                     if k != "eval_every_keras_epochs"}
   settings = {
-      "teacher_config": dataclasses.asdict(teacher_config), "student_models": list(student_models),
+      "teacher_config": recorded_config, "student_models": list(student_models),
       "labeled_data": labeled_data, "unlabeled_data": unlabeled_data, "eval_data": eval_data,
       "validation_data": validation_data,
-      "filter_rule": dataclasses.asdict(filter_rule or filter_balance.FilterRule()),
-      "predict_config": dataclasses.asdict(predict_config or predict.PredictConfig()),
+      "filter_rule": dataclasses.asdict(filter_rule),
+      "predict_config": dataclasses.asdict(predict_config),
       "student_overrides": student_overrides or {}, "student_init": student_init,
       "teacher_checkpoint": teacher_checkpoint and dataclasses.asdict(teacher_checkpoint)}
   check_settings(workdir, settings, write=worker.chief)
@@ -291,12 +309,15 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
   if teacher is None:
     teacher_dir = os.path.join(workdir, "iter_0", "train")
     _phase(teacher_dir, lambda: train.train(teacher_config, labeled_data, teacher_dir,
+                                            validation_data=validation_data,
                                             strategy=strategy)["total_steps"], worker,
            everyone=True)
     teacher = Teacher(teacher_dir)
   metrics = _phase(os.path.join(workdir, "iter_0", "eval"),
                    lambda: _eval(teacher, eval_data, validation_data,
-                                 os.path.join(workdir, "iter_0", "eval")), worker)
+                                 os.path.join(workdir, "iter_0", "eval"), eval_config, strategy,
+                                 filter_rule.threshold),
+                   worker)
   rounds.append(_round_row(0, "teacher", first, metrics))
   for k, student in enumerate(student_models, start=1):
     root = os.path.join(workdir, f"iter_{k}")
@@ -304,12 +325,13 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
     student_dir, eval_dir = os.path.join(root, "train"), os.path.join(root, "eval")
 
     def run_predict(teacher=teacher, predict_dir=predict_dir):
-      model = teacher.load()
+      model = teacher.load(mixed_precision=predict_config.mixed_precision, strategy=strategy)
       # The teacher sees images as it was trained to, at its own size, not the student's.
       prep = teacher.eval_preprocessing(model)
-      worker_config = dataclasses.replace(predict_config or predict.PredictConfig(),
-                                          num_workers=worker.count, worker_index=worker.index)
-      summary = predict.predict_phase(model, unlabeled_data, predict_dir, prep, worker_config)
+      worker_config = dataclasses.replace(predict_config, num_workers=worker.count,
+                                          worker_index=worker.index)
+      summary = predict.predict_phase(model, unlabeled_data, predict_dir, prep, worker_config,
+                                      strategy=strategy)
       if worker.count > 1 and worker.chief:
         # A worker writes its summary after its shards: with every summary there, the chief
         # combines them into the summary.json the filter reads.
@@ -321,17 +343,19 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
     check_teacher(metrics, teacher.variant_and_classes()[1], teacher.checkpoint)
     _phase(predict_dir, run_predict, worker, everyone=True)
     stats = _phase(filter_dir, lambda: filter_phase.filter_and_balance_phase(
-        predict_dir, unlabeled_data, filter_dir, filter_rule or filter_balance.FilterRule()),
+        predict_dir, unlabeled_data, filter_dir, filter_rule),
                    worker)
     config = dataclasses.replace(teacher_config, model=student, **(student_overrides or {}))
     init = teacher.checkpoint if student_init == "teacher" else None
     _phase(student_dir, lambda: train.train(config, labeled_data, student_dir,
-                                            pseudo_labeled_data=filter_dir, init_checkpoint=init,
+                                            pseudo_labeled_data=filter_dir,
+                                            validation_data=validation_data, init_checkpoint=init,
                                             init_checkpoint_format=teacher.checkpoint_format,
                                             strategy=strategy)["total_steps"],
            worker, everyone=True)
     metrics = _phase(eval_dir, lambda: _eval(Teacher(student_dir), eval_data, validation_data,
-                                             eval_dir), worker)
+                                             eval_dir, eval_config, strategy,
+                                             filter_rule.threshold), worker)
     rounds.append(_round_row(k, "student", student, metrics,
                              pseudo_labeled=stats["totals"]["with_copies"]))
     teacher = Teacher(student_dir)

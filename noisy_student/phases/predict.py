@@ -23,23 +23,35 @@ import tensorflow as tf
 
 from data import pipeline
 from data import records
+from noisy_student import distribute
+from noisy_student import inference
 
 
 @dataclasses.dataclass(frozen=True)
 class PredictConfig:
   """Attributes:
     top_k: None stores all C probabilities; k stores the k largest (float16), for 1000+ classes.
-    batch_size: images per inference batch.
+    batch_size: images per inference batch (--inference_batch_size).
     num_workers, worker_index: this process handles shards worker_index, worker_index + n, ...
+    jit_compile: XLA for the inference step (None: on for GPUs and TPUs).
+    mixed_precision: compute dtype the teacher is loaded with ("none", "bfloat16", "float16");
+      logits and stored probabilities stay float32.
   """
   top_k: int | None = None
-  batch_size: int = 256
+  batch_size: int = inference.BATCH_SIZE
   num_workers: int = 1
   worker_index: int = 0
+  jit_compile: bool | None = None
+  mixed_precision: str = "none"
 
   def __post_init__(self):
     if self.top_k is not None and self.top_k < 1:
       raise ValueError(f"--top_k must be >= 1, got {self.top_k}")
+    if self.batch_size < 1:
+      raise ValueError(f"--inference_batch_size must be >= 1, got {self.batch_size}")
+    if self.mixed_precision not in distribute.PRECISION_POLICIES:
+      raise ValueError(f"--mixed_precision must be one of {tuple(distribute.PRECISION_POLICIES)}"
+                       f", got {self.mixed_precision!r}")
     if not 0 <= self.worker_index < self.num_workers:
       raise ValueError(f"--worker_index={self.worker_index} is not in [0, {self.num_workers})")
 
@@ -116,16 +128,17 @@ def _existing_counts(path):
   return count, undecodable
 
 
-def inference_function(model):
-  """The teacher in inference mode as one tf.function: made once per run (a new one per shard
+def inference_step(model, config, strategy=None):
+  """The teacher's `inference.InferenceStep` for `config`: made once per run (a new one per shard
   would trace the model again for every shard)."""
-  return tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+  return inference.InferenceStep(model, config.batch_size, strategy=strategy,
+                                 jit_compile=distribute.jit_compile(config.jit_compile, strategy))
 
 
 def _predicted_rows(infer, dataset, progress):
   """(shard index, key, soft label) of every image of `dataset`, in its order."""
   for indices, keys, images in dataset:
-    probabilities = soft_labels(infer(images).numpy())
+    probabilities = soft_labels(infer(images))
     progress.add(len(probabilities))
     yield from zip(indices.numpy(), keys.numpy(), probabilities)
 
@@ -308,7 +321,7 @@ def combine_worker_summaries(output_dir, num_workers):
   return summary
 
 
-def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config):
+def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config, strategy=None):
   """Writes one prediction shard per unlabeled shard of this worker, then a summary JSON.
 
   Args:
@@ -316,7 +329,9 @@ def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config):
     unlabeled_data: directory with manifest.json or glob of unlabeled shards.
     output_dir: where prediction shards (same file names as the inputs) and the summary go.
     preprocess_config: `data.preprocess.PreprocessConfig`; only eval preprocessing is used.
-    config: `PredictConfig`.
+    config: `PredictConfig` (its mixed_precision is the loader's: `model` runs as it is).
+    strategy: the tf.distribute strategy `model` was loaded under (default: the current one);
+      each batch is split over its replicas.
 
   Returns:
     The summary dict (also written to `output_dir/summary*.json`).
@@ -324,7 +339,7 @@ def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config):
   shards = pipeline.worker_shards(pipeline.resolve_shards(unlabeled_data), config.num_workers,
                                   config.worker_index)
   check_run_identity(output_dir, run_identity(model, preprocess_config, config))
-  infer, num_classes = inference_function(model), int(model.output.shape[-1])
+  infer, num_classes = inference_step(model, config, strategy), int(model.output.shape[-1])
   progress = Progress()
   entries = {shard: _finished_entry(shard, output_dir) for shard in shards}
   todo = [shard for shard in shards if entries[shard] is None]

@@ -31,22 +31,24 @@ from data import manifest as manifest_lib
 from data import pipeline
 from data import preprocess
 from data import records
+from noisy_student import inference
 from noisy_student import plots
-from noisy_student.phases import predict as predict_lib
 
 KINDS = ("corruptions", "perturbations", "fgsm")
 DEFAULT_EPSILONS = (1, 2, 4, 8)
 
 
 def _predictor(model, normalize):
-  """Top-1 classes of uint8 images: predict's inference function (the model in inference mode)
+  """Top-1 classes of uint8 images: the shared inference step (the model in inference mode)
   after `normalize`."""
-  infer = predict_lib.inference_function(model)
+  steps = {}
 
-  @tf.function(reduce_retracing=True)
   def predict(images):
-    logits = infer(normalize(tf.cast(images, tf.float32)))
-    return tf.argmax(logits, axis=-1, output_type=tf.int32)
+    size = int(images.shape[0])
+    if not steps or size > steps["step"].batch_size:  # the first batch is the largest
+      steps["step"] = inference.InferenceStep(model, size)
+    logits = steps["step"](normalize(tf.cast(images, tf.float32)))
+    return tf.constant(np.argmax(logits, axis=-1).astype(np.int32))
   return predict
 
 
@@ -358,7 +360,7 @@ def table_for(image_size, table="auto"):
 
 
 def premade_corruption_errors(model, root, preprocess_config, converted_dir, *, class_names=None,
-                              batch_size=256, num_shards=4):
+                              batch_size=inference.BATCH_SIZE, num_shards=4):
   """Top-1 errors on a pre-made corrupted set in the ImageNet-C folder layout.
 
   Each `<root>/<corruption>/<severity>/` folder (labeled: one sub-folder per class, checked by
@@ -398,8 +400,8 @@ def premade_corruption_errors(model, root, preprocess_config, converted_dir, *, 
 
 
 def robustness_phase(model, eval_data, preprocess_config, output_dir, kinds, *, baseline=None,
-                     epsilons=DEFAULT_EPSILONS, batch_size=256, seed=0, table="auto",
-                     corrupted_data=None, class_names=None):
+                     epsilons=DEFAULT_EPSILONS, batch_size=inference.BATCH_SIZE, seed=0,
+                     table="auto", corrupted_data=None, class_names=None):
   """eval --robustness / --corrupted_data: runs `evaluate_robustness` on an eval split and/or
   `premade_corruption_errors` on a pre-made set; saves robustness.json and plots.
 

@@ -6,7 +6,8 @@ first blocks frozen, a short schedule. Noise (RandAugment, dropout, stochastic d
 whenever a model trains; the config sets its strength.
 
 A run writes into its workdir: `backup/` (`Backup`: a killed run resumes from its last Keras
-epoch when the same command runs again), `tensorboard/`, `history.json`, `train_config.json`
+epoch when the same command runs again), `tensorboard/` (with `periodic_eval/` when it evaluates
+while training, see training/periodic_eval.py), `history.json`, `train_config.json`
 and, last, `model.keras` (the EMA weights) whose presence marks the run done. In a multi-worker
 run only the chief writes there.
 """
@@ -31,18 +32,18 @@ from data import preprocess
 from data import records
 from noisy_student.training import batch_norm
 from noisy_student import checkpoints
+from noisy_student import distribute
 from noisy_student.training import ema
 from noisy_student.phases import evaluate
 from noisy_student.training import losses
 from noisy_student.training import metrics
 from noisy_student.training import optimizers
+from noisy_student.training import periodic_eval
 from noisy_student import plots
 from noisy_student.training import schedules
 
 MAX_STEPS_PER_KERAS_EPOCH = 1000  # backups and TensorBoard points at least this often
 NORMALIZATIONS = ("manifest", "imagenet", "svhn")
-# --mixed_precision -> the Keras dtype policy (weights and logits stay float32).
-PRECISION_POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +81,9 @@ class TrainConfig:
   augment: bool = True
   schedule_steps: int | None = None
   mixed_precision: str = "none"
+  jit_compile: bool | None = None
   batch_norm_recalibration_images: int = 4096
+  eval_every_keras_epochs: int = 0
   seed: int = 0
 
   def __post_init__(self):
@@ -88,6 +91,9 @@ class TrainConfig:
       raise ValueError("give exactly one of --epochs and --train_steps")
     if self.normalization not in NORMALIZATIONS:
       raise ValueError(f"--normalization must be one of {NORMALIZATIONS}")
+    if self.mixed_precision not in distribute.PRECISION_POLICIES:
+      raise ValueError(f"--mixed_precision must be one of {tuple(distribute.PRECISION_POLICIES)}"
+                       f", got {self.mixed_precision!r}")
     if self.batch_size < 1:
       raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
     # Checked for every run, teachers too: iterate's students copy the teacher's config, and a
@@ -100,6 +106,9 @@ class TrainConfig:
     if self.batch_norm_recalibration_images < 0:
       raise ValueError("--batch_norm_recalibration_images must be >= 0, got "
                        f"{self.batch_norm_recalibration_images}")
+    if self.eval_every_keras_epochs < 0:
+      raise ValueError("--eval_every_keras_epochs must be >= 0 (0: off), got "
+                       f"{self.eval_every_keras_epochs}")
     efficientnet.get_variant(self.model)
 
 
@@ -180,30 +189,6 @@ def interleave_replicas(dataset, labeled_rows, num_replicas):
     return per_replica(images), per_replica(targets)
 
   return dataset.map(reorder, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def input_split(cluster, task_type, task_id):
-  """(input pipelines, this task's index) in a multi-worker cluster, e.g. TF_CONFIG's
-  {"chief": [...], "worker": [...]}: every chief and worker task trains on its own part of the
-  input, a separate chief first. Counting only the tasks of one's own type would give a chief and
-  worker 0 the same part."""
-  chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
-  if task_type not in ("chief", "worker"):
-    raise ValueError(f"task type {task_type!r} does not train (chief or worker)")
-  return chiefs + workers, task_id if task_type == "chief" else chiefs + task_id
-
-
-def worker_split(strategy):
-  """(training tasks, this task's index) of `strategy`'s cluster; index 0 is the chief, which
-  alone writes; (1, 0) outside MultiWorkerMirroredStrategy."""
-  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-    resolver = strategy.cluster_resolver
-    return input_split(resolver.cluster_spec().as_dict(), resolver.task_type, resolver.task_id)
-  return 1, 0
-
-
-def _set_precision(mixed_precision):
-  keras.config.set_dtype_policy(PRECISION_POLICIES[mixed_precision])
 
 
 def _fit_under_multi_worker(model):
@@ -324,6 +309,36 @@ def learning_rate_schedule(config, steps_per_epoch, total_steps):
 INFERENCE_GAP_WARNING = 0.10
 
 
+def recalibration_sample(config, labeled_data):
+  """(dataset, batches): the labeled images batch norm is recalibrated on and the inference
+  check reads, eval preprocessing, in record order."""
+  images = config.batch_norm_recalibration_images or 1024
+  batch = min(config.batch_size, images)
+  prep = preprocess_config(config, labeled_data, train=False)
+  return pipeline.eval_dataset(labeled_data, prep, batch_size=batch), max(1, images // batch)
+
+
+def saved_model_metrics(model, config, labeled_data, data, prep, eval_config, strategy):
+  """Metrics on `data` of the model the run would save if it stopped now, measured as the end
+  of the run measures it: the EMA weights (when kept), batch norm recalibrated on the same
+  images as `check_inference_mode` (with --batch_norm_recalibration_images=0, the moving
+  statistics, averaged with the weights), then `evaluate.evaluate_data`. Every variable it
+  changes is put back after, bit for bit: training goes on as without it (recalibration runs
+  without dropout and stochastic depth, so their seed generators do not move)."""
+  statistics = ema.batch_norm_statistics(model)
+  live = [keras.ops.convert_to_numpy(v) for v in statistics]
+  averaged = ema.swap_to_ema(model) if config.ema_decay is not None else contextlib.nullcontext()
+  try:
+    with averaged:
+      if config.batch_norm_recalibration_images:
+        batch_norm.recalibrate(model, *recalibration_sample(config, labeled_data))
+      return evaluate.evaluate_data(model, data, prep, eval_config, strategy=strategy)
+  finally:
+    # swap_to_ema puts back what it swapped; without the EMA, recalibration wrote the live ones.
+    for variable, value in zip(statistics, live):
+      variable.assign(value)
+
+
 def check_inference_mode(model, config, labeled_data):
   """Makes the saved model right in inference mode, and checks it.
 
@@ -333,11 +348,7 @@ def check_inference_mode(model, config, labeled_data):
   statistics (what training saw, without noise); a gap over INFERENCE_GAP_WARNING is logged as an
   error with both numbers. Returns the numbers (history.json's "inference_check").
   """
-  images = config.batch_norm_recalibration_images or 1024
-  batch = min(config.batch_size, images)
-  prep = preprocess_config(config, labeled_data, train=False)
-  sample = pipeline.eval_dataset(labeled_data, prep, batch_size=batch)
-  batches = max(1, images // batch)
+  sample, batches = recalibration_sample(config, labeled_data)
   before = [keras.ops.convert_to_numpy(v) for v in ema.batch_norm_statistics(model)]
   found = batch_norm.recalibrate(model, sample, batches)
   if not config.batch_norm_recalibration_images:  # measured only: put the statistics back
@@ -357,7 +368,7 @@ def check_inference_mode(model, config, labeled_data):
 
 def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=None,
           validation_data=None, init_checkpoint=None, init_checkpoint_format="keras", strategy=None,
-          verbose=None):
+          eval_config=None, verbose=None):
   """Trains a teacher (no pseudo_labeled_data), a student, or a fine-tuned model.
 
   Args:
@@ -366,10 +377,15 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
     workdir: this run's directory (see module docstring).
     pseudo_labeled_data: filter output (directory or glob), for a student.
     eval_data: evaluated with the EMA weights at the end (metrics.json), optional.
-    validation_data: evaluated beside eval_data (metrics.json's "validation"), optional.
+    validation_data: evaluated beside eval_data (metrics.json's "validation"), optional. With
+      config.eval_every_keras_epochs, also during training (history.json's "periodic_eval",
+      `saved_model_metrics`); eval_data then only when there is no validation_data.
     init_checkpoint: warm start from a train workdir / .keras file (or a reference checkpoint).
     init_checkpoint_format: "keras" or "reference".
-    strategy: a tf.distribute strategy (default: the current one).
+    strategy: a tf.distribute strategy (default: the current one); the final eval runs under it
+      too.
+    eval_config: `evaluate.EvalConfig` of the final eval (its batch size; the precision and XLA
+      are the run's own).
     verbose: Keras fit verbosity; default: a progress bar on a terminal, a line per Keras epoch
       otherwise (logs stay readable).
 
@@ -377,14 +393,14 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
     dict with the Keras history, the final eval metrics (if eval_data) and run facts.
   """
   strategy = strategy or tf.distribute.get_strategy()
-  num_workers, worker_index = worker_split(strategy)
+  num_workers, worker_index = distribute.worker_split(strategy)
+  jit_compile = distribute.jit_compile(config.jit_compile, strategy)
   # Keras' multi-worker advice: every worker runs the same code, saving included (it may need
   # collective ops), but only the chief writes into the workdir; the others write into a
   # temporary directory removed at the end.
   chief = strategy.extended.should_checkpoint
   outputs = workdir if chief else tempfile.mkdtemp(prefix=f"train-worker-{worker_index}-")
   keras.utils.set_random_seed(config.seed)
-  _set_precision(config.mixed_precision)
   manifest = manifest_lib.load_manifest(labeled_data) if tf.io.gfile.isdir(labeled_data) else None
   num_classes = config.num_classes or (manifest or {}).get("num_classes")
   if not num_classes:
@@ -394,6 +410,9 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
     raise ValueError(f"--labeled_data {labeled_data!r} holds no records")
   # Checked now rather than after training, where a wrong --eval_data would end the run.
   evaluate.check_eval_sets(num_classes, eval_data=eval_data, validation_data=validation_data)
+  if config.eval_every_keras_epochs and not (validation_data or eval_data):
+    raise ValueError("--eval_every_keras_epochs needs --validation_data (or --eval_data) to "
+                     "evaluate on")
   steps_per_epoch = num_labeled / config.batch_size
   total_steps = config.train_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
   chunk, total_steps = keras_epochs(total_steps, steps_per_epoch)
@@ -428,8 +447,11 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
 
   schedule = learning_rate_schedule(config, steps_per_epoch, total_steps)
 
-  with strategy.scope():
+  # The policy is the model's from its construction on (Keras also wraps the optimizer for loss
+  # scaling under float16 by it); the saved model is rebuilt outside it, so it loads in any.
+  with strategy.scope(), distribute.precision(config.mixed_precision):
     model = build_student(config, num_classes, strategy.num_replicas_in_sync)
+  with strategy.scope():
     if init_checkpoint:
       checkpoints.warm_start(model, init_checkpoint, init_checkpoint_format)
     if config.freeze_blocks:
@@ -442,7 +464,8 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
                      pseudo_labels=config.pseudo_labels)
     model.compile(optimizer=optimizer, loss=losses.NoisyStudentLoss(**loss_args),
                   metrics=[metrics.LabeledAccuracy(config.batch_size),
-                           losses.LabeledLoss(**loss_args), losses.UnlabeledLoss(**loss_args)])
+                           losses.LabeledLoss(**loss_args), losses.UnlabeledLoss(**loss_args)],
+                  jit_compile=jit_compile)
     # Built here, not inside the first traced step: a third of the first fit's trace time.
     optimizer.build(model.trainable_variables)
     if tf.distribute.has_strategy():
@@ -481,9 +504,26 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
   logging.info("train %s: %d steps (%d Keras epochs of %d), %s%s", config.model, total_steps,
                total_steps // chunk, chunk, "student" if pseudo_labeled_data else "labeled only",
                f", resumed at Keras epoch {initial_epoch}" if initial_epoch else "")
+  # Every evaluation, periodic or final, runs the same way (precision and XLA the run's own).
+  eval_prep = preprocess_config(config, labeled_data, train=False)
+  run_eval = dataclasses.replace(eval_config or evaluate.EvalConfig(), jit_compile=jit_compile,
+                                 mixed_precision=config.mixed_precision)
+  inference = distribute.inference_strategy(strategy)
+  periodic = None
+  if config.eval_every_keras_epochs:
+    # The split choices are made on; the test set only when no validation split is given.
+    split, data = ("validation", validation_data) if validation_data else ("eval", eval_data)
+    periodic = periodic_eval.PeriodicEvaluation(
+        lambda: evaluate.scalar_metrics(saved_model_metrics(
+            model, config, labeled_data, data, eval_prep, run_eval, inference)),
+        every=config.eval_every_keras_epochs, total_epochs=total_steps // chunk,
+        steps_per_epoch=steps_per_epoch, split=split,
+        log_dir=os.path.join(outputs, "tensorboard", periodic_eval.LOG_SUBDIR))
   callbacks = [
       _RunFacts(),
       StopOnNonFiniteLoss(backup.path),
+      # Before the backup: a run killed while evaluating redoes the epoch and its evaluation.
+      *([periodic] if periodic else []),
       backup,
       keras.callbacks.TensorBoard(os.path.join(outputs, "tensorboard"), update_freq="epoch"),
   ]
@@ -495,17 +535,22 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
   result = {"history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
             "initial_epoch": initial_epoch,
             "optimizer_iterations": int(model.optimizer.iterations.numpy()), **run_facts}
+  if periodic:
+    # As the Keras history: the evaluations of the epochs this process trained.
+    result["periodic_eval"] = {"split": split, "every_keras_epochs": periodic.every,
+                               "points": periodic.points}
   averaged = ema.swap_to_ema(model) if config.ema_decay is not None else contextlib.nullcontext()
   with averaged:
     result["inference_check"] = check_inference_mode(model, config, labeled_data)
     if eval_data:
-      eval_prep = preprocess_config(config, labeled_data, train=False)
-      result["eval"] = evaluate.eval_phase(
+      result["eval"] = evaluate.compact_metrics(evaluate.eval_phase(
           model, eval_prep, outputs, eval_data=eval_data, validation_data=validation_data,
-          class_names=manifest_lib.class_names_for(eval_data, num_classes))
+          config=run_eval, strategy=inference,
+          class_names=manifest_lib.class_names_for(eval_data, num_classes)))
     records.write_text_atomically(os.path.join(outputs, "history.json"),
                                   json.dumps(result, indent=1) + "\n")
-    plots.training_curves(result["history"], os.path.join(outputs, "training_curves.png"))
+    plots.training_curves(result["history"], os.path.join(outputs, "training_curves.png"),
+                          evaluations=result.get("periodic_eval"), first_epoch=initial_epoch)
     checkpoints.save_model_atomically(model, os.path.join(outputs, checkpoints.FINAL_MODEL))
   # Only now: a run killed during the final evaluation or save resumes with its training done.
   backup.remove()
