@@ -208,6 +208,7 @@ def run_seed(recipe, seed, work, ceiling):
                               f"--seed={seed}", "--num_shards=8", CLASS_NAMES)
   paths = [f"--labeled_data={data}/labeled", f"--unlabeled_data={data}/unlabeled",
            f"--eval_data={work}/test", f"--validation_data={data}/validation", f"--seed={seed}"]
+  train_paths = [p for p in paths if not p.startswith("--unlabeled_data")]  # train reads none
   runs = f"{work}/seed{seed}"
   wall["iterate"] = main_py(recipe, "--mode=iterate", f"--workdir={runs}/iterate", *paths)
   summary = _json(runs, "iterate", "summary.json")
@@ -217,7 +218,7 @@ def run_seed(recipe, seed, work, ceiling):
           if recipe_value(recipe, "student_init") == "teacher" else [])
   wall["no_noise"] = main_py(recipe, "--mode=train", f"--workdir={runs}/student_no_noise",
                              f"--pseudo_labeled_data={runs}/iterate/iter_1/filter",
-                             f"--epochs={student_epochs:g}", *init, *NO_NOISE, *paths)
+                             f"--epochs={student_epochs:g}", *init, *NO_NOISE, *train_paths)
   # Ceiling: all 60,000 labels, same model, noise and start as a student, as many images and the
   # same schedule in steps (warm-up and decay per step as in the student): what the student could
   # reach were every pseudo label right.
@@ -227,7 +228,7 @@ def run_seed(recipe, seed, work, ceiling):
   scale = 1000 / pool  # one epoch of 1,000 images in epochs of the pool
   if ceiling:
     wall["supervised_60k"] = main_py(
-        recipe, "--mode=train", f"--workdir={runs}/supervised_60k", *paths,
+        recipe, "--mode=train", f"--workdir={runs}/supervised_60k", *train_paths,
         f"--labeled_data={training_pool(data)}",
         f"--epochs={labeled_images / pool:g}",
         f"--warmup_epochs={float(recipe_value(recipe, 'warmup_epochs')) * scale:g}",

@@ -161,7 +161,8 @@ def test_jit_compiled_training_equals_the_uncompiled(data):
   assert config["jit_compile"] is True
 
 
-@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+# float16 (loss scaling on) is slow on a CPU: 40 s against bfloat16's 15.
+@pytest.mark.parametrize("precision", ["bfloat16", pytest.param("float16", marks=pytest.mark.slow)])
 def test_mixed_precision_training_saves_float32_and_learns(data, precision):
   workdir = data["root"] / f"train_{precision}"
   run(*_train_args(data, workdir, f"--mixed_precision={precision}", "--train_steps=12",

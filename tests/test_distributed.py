@@ -236,7 +236,9 @@ def test_multi_worker_strategy_with_two_local_workers_trains_and_only_the_chief_
   _assert_same_weights(workdir, tmp_path / "one_device")
 
 
-# In the default run: the only check of iterate's division of work between workers.
+# The only check of iterate's division of work between workers; slow (40 s): the default run
+# keeps the multi-worker training test and predict's worker split.
+@pytest.mark.slow
 def test_iterate_under_multi_worker_splits_predict_and_leaves_the_rest_to_the_chief(
     labeled, tmp_path, bright_channel_shards):
   data = tmp_path / "data"
