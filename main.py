@@ -155,10 +155,17 @@ flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing of labeled (and hard
                    lower_bound=0, upper_bound=1)
 flags.DEFINE_float("ema_decay", 0.9999, "Weight EMA decay (0 turns it off).", lower_bound=0,
                    upper_bound=0.999999)
-flags.DEFINE_integer("batch_norm_recalibration_images", 4096, "train: at the end, set the "
-                     "batch-norm moving statistics from this many labeled images (eval "
-                     "preprocessing) run through the final EMA weights; 0 keeps the moving "
-                     "averages.", lower_bound=0)
+flags.DEFINE_enum("batch_norm_recalibration", train.TrainConfig.batch_norm_recalibration,
+                  train.BATCH_NORM_RECALIBRATIONS, "train: at the end, recompute the batch-norm "
+                  "moving statistics with the final EMA weights on --batch_norm_recalibration_"
+                  "images labeled images (eval preprocessing): always; never (keep the averages, "
+                  "as the reference); auto: only when the averages leave the model more than "
+                  f"{train.RECALIBRATION_GAP:.0%} top-1 below its batch-statistics accuracy on "
+                  "those images (short runs; history.json inference_check says which).")
+flags.DEFINE_integer("batch_norm_recalibration_images",
+                     train.TrainConfig.batch_norm_recalibration_images, "train: the labeled "
+                     "images of --batch_norm_recalibration and of the inference-mode check.",
+                     lower_bound=1)
 flags.DEFINE_integer("eval_every_keras_epochs", 0, "train/finetune/iterate: every N Keras epochs "
                      "(each about one pass over the labeled data, at most "
                      f"{train.MAX_STEPS_PER_KERAS_EPOCH:,} steps) and after "
@@ -553,8 +560,8 @@ READ_BY = {
     "class_names": ("convert", "predict", "export"),
     "epochs train_steps randaugment_layers randaugment_magnitude cutout flip dropout_rate "
     "survival_prob base_learning_rate final_learning_rate warmup_epochs lr_decay_epochs "
-    "lr_decay_factor weight_decay label_smoothing ema_decay batch_norm_recalibration_images "
-    "eval_every_keras_epochs": _TRAINING,
+    "lr_decay_factor weight_decay label_smoothing ema_decay batch_norm_recalibration "
+    "batch_norm_recalibration_images eval_every_keras_epochs": _TRAINING,
     "unlabeled_batch_ratio pseudo_labels temperature": ("train", "iterate"),
     "freeze_blocks finetune_noise": ("finetune",),
     "checkpoint inference_image_size": _LOADING,

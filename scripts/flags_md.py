@@ -29,7 +29,8 @@ GROUPS = (
      "randaugment_layers "
      "randaugment_magnitude cutout flip dropout_rate survival_prob base_learning_rate "
      "final_learning_rate warmup_epochs lr_decay_epochs lr_decay_factor weight_decay "
-     "label_smoothing ema_decay batch_norm_recalibration_images eval_every_keras_epochs "
+     "label_smoothing ema_decay batch_norm_recalibration batch_norm_recalibration_images "
+     "eval_every_keras_epochs "
      "freeze_blocks finetune_noise"),
     ("predict, eval and export (also beam)",
      "checkpoint checkpoint_format inference_image_size top_k num_workers worker_index "

@@ -79,7 +79,7 @@ def test_documented_finetune_command_continues_the_schedule_and_freezes_blocks(d
   run("--mode=train", *common, f"--workdir={source}",
       f"--train_steps={SOURCE_STEPS}", "--warmup_epochs=0", f"--base_learning_rate={PEAK}",
       f"--lr_decay_factor={DECAY_FACTOR}", f"--lr_decay_epochs={DECAY_EPOCHS}",
-      "--randaugment_layers=0", "--batch_norm_recalibration_images=0")
+      "--randaugment_layers=0", "--batch_norm_recalibration=never")
 
   fixres = tmp_path / "fixres"
   documented = documented_finetune_command()
