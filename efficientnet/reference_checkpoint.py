@@ -80,6 +80,21 @@ def _find_scope(var_shapes, wanted, ckpt_path):
       "Build the matching variant, or pass scope= to load across names.")
 
 
+def checkpoint_classes(path, scope):
+  """The class count of a reference checkpoint's classifier under model scope `scope` (the
+  variant's name): the last dimension of its head/dense/kernel."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  ckpt_path = _resolve_checkpoint(path)
+  try:
+    var_shapes = tf.train.load_checkpoint(ckpt_path).get_variable_to_shape_map()
+  except Exception as e:
+    raise ValueError(f"Cannot read TF checkpoint {ckpt_path!r}: {e}") from e
+  kernel = f"{_find_scope(var_shapes, scope, ckpt_path)}/head/dense/kernel"
+  if kernel not in var_shapes:
+    raise ValueError(f"Checkpoint {ckpt_path!r} has no classifier ({kernel})")
+  return int(var_shapes[kernel][-1])
+
+
 def load_reference_checkpoint(model, path, use_ema=True, include_top=True, scope=None):
   """Assigns a tensorflow/tpu EfficientNet checkpoint's weights to `model` (from build_model).
 

@@ -44,7 +44,8 @@ def load_model(checkpoint, *, checkpoint_format="keras", model_args=None, num_cl
       prefix or directory of tensorflow/tpu's EfficientNet (the released Noisy Student ones).
     checkpoint_format: "keras" or "reference".
     model_args: build_model keyword arguments (variant, image_size, ...) for "reference".
-    num_classes: when given, the loaded model must have exactly this many classes.
+    num_classes: when given, the loaded model must have exactly this many classes (a reference
+      checkpoint's model is built with its classifier's count otherwise).
     mixed_precision: "none", "bfloat16" or "float16" (distribute.PRECISION_POLICIES); weights
       and logits stay float32.
     strategy: the tf.distribute strategy whose replicas will run the model (for a multi-worker
@@ -58,7 +59,9 @@ def load_model(checkpoint, *, checkpoint_format="keras", model_args=None, num_cl
   with distribute.precision(mixed_precision), strategy.scope():
     if checkpoint_format == "reference":
       args = dict(model_args or {})
-      model = efficientnet.build_model(args.pop("variant"), num_classes or 1000, **args)
+      variant = args.pop("variant")
+      model = efficientnet.build_model(
+          variant, num_classes or efficientnet.checkpoint_classes(checkpoint, variant), **args)
       efficientnet.load_reference_checkpoint(model, checkpoint, use_ema=True)
     else:
       model = keras.models.load_model(resolve_model_file(checkpoint), compile=False)

@@ -3,7 +3,6 @@ on a tiny data set made here, with a tiny model; plus the bad-input errors and f
 
 import ast
 import json
-import os
 import pathlib
 import re
 import subprocess

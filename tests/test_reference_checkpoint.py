@@ -128,3 +128,23 @@ def test_unreadable_checkpoint_names_the_path(tmp_path):
   with pytest.raises((ValueError, FileNotFoundError), match="nothing"):
     efficientnet.load_reference_checkpoint(model, str(tmp_path / "nothing" / "model.ckpt"))
   keras.backend.clear_session()
+
+
+def test_loading_without_a_class_count_takes_the_checkpoints_own(model_and_checkpoint):
+  """predict/eval/iterate with --checkpoint_format=reference and no --num_classes: the model is
+  built with the classifier's class count written in the checkpoint (5 here, not ImageNet's
+  1000), and its logits are the checkpoint's head applied by NumPy to the model's features."""
+  from noisy_student import checkpoints  # pylint: disable=g-import-not-at-top
+  _, prefix, _, ema = model_and_checkpoint
+  assert efficientnet.checkpoint_classes(prefix, "efficientnet-b0") == 5
+  model = checkpoints.load_model(prefix, checkpoint_format="reference",
+                                 model_args=dict(variant="efficientnet-b0", **TINY))
+  assert checkpoints.model_classes(model) == 5
+  images = np.random.default_rng(1).normal(size=(2, 224, 224, 3)).astype("float32")
+  features = keras.Model(model.inputs, model.get_layer("avg_pool").output)(images)
+  head = "efficientnet-b0/head/dense/{}/ExponentialMovingAverage"
+  expected = np.asarray(features) @ ema[head.format("kernel")] + ema[head.format("bias")]
+  np.testing.assert_allclose(model(images, training=False), expected, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="efficientnet-b1"):
+    efficientnet.checkpoint_classes(prefix, "efficientnet-b1")
+  keras.backend.clear_session()

@@ -516,7 +516,6 @@ def test_main_eval_of_a_premade_set_matches_the_model_on_the_decoded_images(tmp_
     main.main(["main.py"])
 
   rng = np.random.default_rng(0)
-  classes = ["cat", "dog"]
   # The clean eval set fixes the label order: dog first, against the folders' sorted order.
   np.savez(tmp_path / "clean.npz", images=rng.integers(0, 256, (4, 16, 16, 3), np.uint8),
            labels=[0, 1, 0, 1], class_names=["dog", "cat"])

@@ -180,8 +180,9 @@ def _eval_batches(data, workdir):
 
 
 def _recomputed_batch_statistics(model, batches):
-  """Per batch-norm layer, the mean over `batches` of the NumPy mean and (biased) variance of
-  the layer's input when every batch norm normalises with batch statistics, no noise."""
+  """Per batch-norm layer, the mean over `batches`, weighted by their sizes, of the NumPy mean and
+  (biased) variance of the layer's input when every batch norm normalises with batch statistics,
+  no noise."""
   norms = _batch_norm_layers(model)
   for layer in _layers(model, keras.layers.Dropout):
     layer.rate = 0.0  # dropout and stochastic depth are noise, off for statistics
@@ -190,7 +191,9 @@ def _recomputed_batch_statistics(model, batches):
   for images, _ in batches:
     features = [np.asarray(f, np.float64) for f in inputs(images, training=True)]
     per_batch.append([(f.mean(axis=(0, 1, 2)), f.var(axis=(0, 1, 2))) for f in features])
-  return {layer.name: tuple(np.mean([b[i][k] for b in per_batch], axis=0) for k in (0, 1))
+  sizes = [len(labels) for _, labels in batches]
+  return {layer.name: tuple(np.average([b[i][k] for b in per_batch], axis=0, weights=sizes)
+                            for k in (0, 1))
           for i, layer in enumerate(norms)}
 
 

@@ -191,7 +191,8 @@ class Teacher:
     if run is not None:
       return run["config"]["model"], run["num_classes"]
     if self.checkpoint_format == "reference":
-      return self.model_args["variant"], self.num_classes or 1000
+      variant = self.model_args["variant"]
+      return variant, self.num_classes or efficientnet.checkpoint_classes(self.checkpoint, variant)
     model = self.load()
     return model.efficientnet_config["variant"], checkpoints.model_classes(model)
 

@@ -10,9 +10,9 @@ its averaged statistics belong to no single set of weights either.
 `recalibrate` replaces every trainable batch-norm layer's moving mean and variance by the average,
 over batches of training images, of the statistics that layer sees with the final weights (Wu &
 Johnson 2021, "Rethinking 'Batch' in BatchNorm", section 3). Dropout and stochastic depth are off
-during the pass; frozen layers (FixRes fine-tuning) keep theirs. `inference_gap` is the check that
-follows: top-1 on the same images with batch statistics (here) and in inference mode (the eval
-phase's metrics).
+during the pass; frozen layers (FixRes fine-tuning) keep theirs. The pass also measures top-1
+under batch statistics, which train's `settle_batch_norm` compares with inference mode to decide
+whether the recalibrated statistics or the averaged ones are saved.
 """
 
 import contextlib
@@ -50,9 +50,10 @@ def _batch_statistics_mode(model):
 
 def recalibrate(model, dataset, max_batches):
   """Sets the moving statistics of `model`'s trainable batch-norm layers to their mean over the
-  first `max_batches` batches of `dataset` ((images, labels) batches), computed with the current
-  weights. Returns {"batches", "images", "batch_statistics_top1"}: the last is top-1 of those
-  batches under batch statistics (what training saw, without noise), or None without labels.
+  first `max_batches` batches of `dataset` ((images, labels) batches), each batch weighted by its
+  size (a short last batch counts for its images only), computed with the current weights.
+  Returns {"batches", "images", "batch_statistics_top1"}: the last is top-1 of those batches
+  under batch statistics (what training saw, without noise).
 
   The variance is the mean of the per-batch variances (as Wu & Johnson do): with batches of 32 or
   more it is within a few percent of the population's.
@@ -67,14 +68,14 @@ def recalibrate(model, dataset, max_batches):
     for images, labels in dataset.take(max_batches):
       logits = step(images).numpy()
       for total, variable in zip(sums, variables):
-        total += keras.ops.convert_to_numpy(variable)
+        total += len(logits) * keras.ops.convert_to_numpy(variable).astype(np.float64)
       batches += 1
       images_seen += len(logits)
       hits += int((_top1(logits) == _class_index(labels.numpy())).sum())
     if not batches:
       raise ValueError("no images to recalibrate batch norm with")
     for total, variable in zip(sums, variables):
-      variable.assign((total / batches).astype(variable.dtype))
+      variable.assign((total / images_seen).astype(variable.dtype))
   logging.info("batch norm: %d layers recalibrated on %d images (%d batches)", len(norms),
                images_seen, batches)
   return {"batches": batches, "images": images_seen,
