@@ -102,6 +102,23 @@ def jit_compile(value, strategy=None):
   return bool(value)
 
 
+def stream_rows_per_step(strategy, global_rows):
+  """How many rows of this worker's own training stream one step consumes, when each step's
+  global batch holds `global_rows` of that stream's kind: all of them on one machine; under
+  MultiWorkerMirroredStrategy, whose workers each read their own stream (auto-sharding off) and
+  whose replicas each take the next slice of their worker's batches, this worker's replicas'
+  share (tests/test_distributed.py's oracle restates it). A resumed run skips this many rows per
+  step done."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return global_rows
+  replicas = strategy.num_replicas_in_sync
+  local = len(strategy.extended.worker_devices)
+  if (global_rows * local) % replicas:
+    raise ValueError(f"{global_rows} rows a step do not split evenly over {replicas} replicas")
+  return global_rows * local // replicas
+
+
 @contextlib.contextmanager
 def precision(mixed_precision):
   """Models built (or loaded) in the block compute in --mixed_precision's dtype: Keras' global

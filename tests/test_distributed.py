@@ -12,6 +12,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -179,31 +180,43 @@ def _free_ports(count):
   return ports
 
 
-def _run_workers(tmp_path, args, count=2):
-  """Runs main.py `args` as `count` local workers of one MultiWorkerMirroredStrategy cluster,
-  each with its own TMPDIR; asserts that all succeed and returns their logs."""
+def _start_workers(tmp_path, args, count=2, tag=""):
+  """Starts main.py `args` as `count` local workers of one MultiWorkerMirroredStrategy cluster,
+  each with its own TMPDIR; returns [(process, log file, log path)]."""
   cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(count)]}
   processes = []
   for index in range(count):
-    (tmp_path / f"tmp{index}").mkdir()
-    env = dict(os.environ, TMPDIR=str(tmp_path / f"tmp{index}"), TF_CONFIG=json.dumps(
+    (tmp_path / f"tmp{tag}{index}").mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp_path / f"tmp{tag}{index}"), TF_CONFIG=json.dumps(
         {"cluster": cluster, "task": {"type": "worker", "index": index}}))
-    log = open(tmp_path / f"worker{index}.log", "w")  # pylint: disable=consider-using-with
+    path = tmp_path / f"worker{tag}{index}.log"
+    log = open(path, "w")  # pylint: disable=consider-using-with
     processes.append((subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args],
                                        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env),
-                      log))
+                      log, path))
+  return processes
+
+
+def _stop(processes):
+  for process, log, _ in processes:
+    if process.poll() is None:
+      process.kill()
+      process.wait()
+    log.close()
+
+
+def _run_workers(tmp_path, args, count=2, tag=""):
+  """Runs main.py `args` as `count` local workers of one cluster (`_start_workers`); asserts
+  that all succeed and returns their logs."""
+  processes = _start_workers(tmp_path, args, count, tag)
   try:
-    for index, (process, log) in enumerate(processes):
+    for process, log, path in processes:
       process.wait(timeout=RUN_TIMEOUT_S)
       log.close()
-      assert process.returncode == 0, (tmp_path / f"worker{index}.log").read_text()[-3000:]
+      assert process.returncode == 0, path.read_text()[-3000:]
   finally:
-    for process, log in processes:
-      if process.poll() is None:
-        process.kill()
-        process.wait()
-      log.close()
-  return [(tmp_path / f"worker{index}.log").read_text() for index in range(count)]
+    _stop(processes)
+  return [path.read_text() for _, _, path in processes]
 
 
 def _rows_of_two_workers(labeled_dataset, rows_per_step):
@@ -234,6 +247,37 @@ def test_multi_worker_strategy_with_two_local_workers_trains_and_only_the_chief_
                       _rows_of_two_workers(pipeline.labeled_dataset, 4))
   run(*_train_args(labeled, tmp_path / "one_device", "cpu"), *NO_NOISE)
   _assert_same_weights(workdir, tmp_path / "one_device")
+
+
+# Slow (two clusters and a one-device run, about a minute).
+@pytest.mark.slow
+def test_multi_worker_run_killed_and_resumed_trains_on_what_one_device_trains_on(
+    labeled, tmp_path, monkeypatch):
+  """Both workers SIGKILLed after the chief's first backup (step 6 of 12), then started again:
+  each worker's stream resumes after the rows its replica took (4 a step, half the global batch
+  of 8), not after a whole global batch of its own stream. Oracle: one device on the rows two
+  uninterrupted workers take, as in the test above."""
+  args = [*_train_args(labeled, tmp_path / "multi_worker", "multi_worker"), "--train_steps=12",
+          *NO_NOISE]
+  marker = tmp_path / "multi_worker" / "backup" / "latest.weights.h5"
+  processes = _start_workers(tmp_path, args, tag="killed")
+  try:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not marker.exists() and all(p.poll() is None for p, _, _ in processes):
+      assert time.monotonic() < deadline, f"no {marker} within {RUN_TIMEOUT_S} s"
+      time.sleep(0.005)
+    assert all(p.poll() is None for p, _, _ in processes), processes[0][2].read_text()[-3000:]
+  finally:
+    _stop(processes)
+  assert not (tmp_path / "multi_worker" / "model.keras").exists()
+  logs = _run_workers(tmp_path, args, tag="resumed")
+  assert "resumed at Keras epoch 1" in logs[0], logs[0][-3000:]
+  history = json.loads((tmp_path / "multi_worker" / "history.json").read_text())
+  assert history["initial_epoch"] == 1 and history["optimizer_iterations"] == 12
+  monkeypatch.setattr(pipeline, "labeled_dataset",
+                      _rows_of_two_workers(pipeline.labeled_dataset, 4))
+  run(*_train_args(labeled, tmp_path / "one_device", "cpu"), "--train_steps=12", *NO_NOISE)
+  _assert_same_weights(tmp_path / "multi_worker", tmp_path / "one_device")
 
 
 # The only check of iterate's division of work between workers; slow (40 s): the default run

@@ -452,14 +452,16 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
     skipped before decoding, and every later row keeps its augmentation seed."""
     labeled = pipeline.labeled_dataset(
         labeled_data, prep, num_classes=num_classes, seed=config.seed, num_workers=num_workers,
-        worker_index=worker_index, skip=steps_done * config.batch_size)
+        worker_index=worker_index,
+        skip=steps_done * distribute.stream_rows_per_step(strategy, config.batch_size))
     pseudo = None
     if pseudo_labeled_data:
       pseudo = pipeline.pseudo_labeled_dataset(
           pseudo_labeled_data, prep, num_classes=num_classes, pseudo_labels=config.pseudo_labels,
           temperature=config.temperature, seed=config.seed + 1, num_workers=num_workers,
           worker_index=worker_index,
-          skip=steps_done * pipeline.unlabeled_rows(config.batch_size, ratio))
+          skip=steps_done * distribute.stream_rows_per_step(
+              strategy, pipeline.unlabeled_rows(config.batch_size, ratio)))
     stream = interleave_replicas(
         pipeline.student_dataset(labeled, pseudo, config.batch_size, ratio), config.batch_size,
         strategy.num_replicas_in_sync)
