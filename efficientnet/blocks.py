@@ -23,6 +23,43 @@ DENSE_KERNEL_INITIALIZER = {
 }
 
 
+@keras.saving.register_keras_serializable(package="efficientnet")
+class Dropout(keras.layers.Dropout):
+  """keras.layers.Dropout whose draws differ between the replicas of a tf.distribute strategy.
+
+  Keras' layer draws from one seed generator, a variable mirrored over the replicas, so under
+  MirroredStrategy or TPUStrategy every replica drew the same masks: row i of every replica's
+  slice was dropped alike, and the student's dropout and stochastic depth were as many times
+  less varied as there are replicas. Here the replica's index is folded into the seed. On one
+  replica, and on JAX (one program draws for the whole batch), it is Keras' layer, bit for bit.
+  """
+
+  def call(self, inputs, training=False):
+    replica = _replica_in_sync()
+    if not training or self.rate <= 0 or replica is None:
+      return super().call(inputs, training=training)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (the TF backend only)
+    seed = tf.random.experimental.stateless_fold_in(self.seed_generator.next(), replica)
+    # int32 seeds, as Keras' own dropout casts them (XLA needs them).
+    seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
+    shape = tf.shape(inputs)
+    noise_shape = (shape if self.noise_shape is None else
+                   [shape[i] if size is None else size for i, size in enumerate(self.noise_shape)])
+    return tf.nn.experimental.stateless_dropout(inputs, rate=self.rate, noise_shape=noise_shape,
+                                                seed=seed)
+
+
+def _replica_in_sync():
+  """This replica's index in its tf.distribute strategy when there are several, else None."""
+  if keras.backend.backend() != "tensorflow":
+    return None
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return None
+  return context.replica_id_in_sync_group
+
+
 def conv_bn(x, filters, kernel_size, strides, name, *, activation=True, depthwise=False,
             synchronized=False):
   """Conv (no bias) -> batch norm -> optional swish, named `{name}conv|bn|activation` style.
@@ -80,5 +117,5 @@ def mbconv_block(inputs, args, synchronized=False):
   if args.drop_rate > 0:
     # Stochastic depth: one Bernoulli(survival) draw per example, kept paths scaled by 1/survival,
     # identity at inference. Dropout with a per-example noise shape is exactly that.
-    x = keras.layers.Dropout(args.drop_rate, noise_shape=(None, 1, 1, 1), name=p + "drop")(x)
+    x = Dropout(args.drop_rate, noise_shape=(None, 1, 1, 1), name=p + "drop")(x)
   return keras.layers.Add(name=p + "add")([x, inputs])

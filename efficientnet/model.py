@@ -49,7 +49,7 @@ class EfficientNet(keras.Model):
                        synchronized=sync)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if dropout > 0:
-      x = keras.layers.Dropout(dropout, name="top_dropout")(x)
+      x = blocks.Dropout(dropout, name="top_dropout")(x)
     # float32 logits under a mixed precision policy: the softmax and loss need the range.
     logits = keras.layers.Dense(num_classes, kernel_initializer=blocks.DENSE_KERNEL_INITIALIZER,
                                 dtype="float32", name="predictions")(x)

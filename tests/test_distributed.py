@@ -339,3 +339,57 @@ def test_every_training_task_reads_its_own_part_of_the_input(cluster, task, expe
 def test_parameter_server_tasks_do_not_train():
   with pytest.raises(ValueError, match="'ps'"):
     distribute.input_split({"worker": ["a"], "ps": ["p"]}, "ps", 0)
+
+
+# Dropout under MirroredStrategy over two logical CPUs, one process (devices are configured
+# before TensorFlow initialises them). Prints JSON: each replica's output for the same input.
+DROPOUT_REPLICAS = """
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from efficientnet import blocks
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+inputs = tf.ones([64, 2, 2, 8])
+found = {}
+for name, make in (("keras", keras.layers.Dropout), ("ours", blocks.Dropout)):
+  for kind, noise_shape in (("dropout", None), ("stochastic_depth", (None, 1, 1, 1))):
+    with strategy.scope():
+      layer = make(0.5, noise_shape=noise_shape, seed=7)
+    step = tf.function(lambda: layer(inputs, training=True))
+    outputs = strategy.experimental_local_results(strategy.run(step))
+    found[f"{name}/{kind}"] = [np.asarray(o).tolist() for o in outputs]
+print(json.dumps(found))
+"""
+
+
+def test_dropout_draws_its_own_masks_on_each_replica():
+  """The student's noise under MirroredStrategy (and TPUStrategy, the same code): Keras' Dropout
+  drops the same rows on every replica (its seed generator is mirrored); the model's Dropout
+  (dropout and stochastic depth) draws each replica's own, each at the layer's rate, kept values
+  scaled by 1/(1 - rate). On one device it is Keras' layer to the bit."""
+  result = subprocess.run([sys.executable, "-c", DROPOUT_REPLICAS], capture_output=True,
+                          text=True, cwd=ROOT, timeout=RUN_TIMEOUT_S)
+  assert result.returncode == 0, result.stderr[-3000:]
+  found = {k: [np.array(o) for o in v] for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
+  for kind in ("dropout", "stochastic_depth"):
+    same, own = found[f"keras/{kind}"], found[f"ours/{kind}"]
+    np.testing.assert_array_equal(same[0], same[1])  # the fault
+    assert not np.array_equal(own[0], own[1])
+    for output in own:
+      assert set(np.unique(output)) <= {0.0, 2.0}
+      # 64 rows (stochastic depth) or 2,048 values: a rate this far from 0.5 has probability
+      # below 1e-4 (binomial).
+      rate = (output == 0).mean()
+      assert abs(rate - 0.5) < (0.25 if kind == "stochastic_depth" else 0.05), rate
+      if kind == "stochastic_depth":  # one draw per example
+        assert all(len(np.unique(row)) == 1 for row in output)
+  inputs = np.random.default_rng(0).normal(size=(16, 2, 2, 8)).astype("float32")
+  for noise_shape in (None, (None, 1, 1, 1)):
+    ours = efficientnet.blocks.Dropout(0.3, noise_shape=noise_shape, seed=5)
+    theirs = keras.layers.Dropout(0.3, noise_shape=noise_shape, seed=5)
+    for _ in range(2):  # the generators advance alike
+      np.testing.assert_array_equal(ours(inputs, training=True), theirs(inputs, training=True))
+    np.testing.assert_array_equal(ours(inputs), inputs)
