@@ -353,6 +353,10 @@ def settle_batch_norm(model, config, labeled_data):
     for variable, value in zip(ema.batch_norm_statistics(model), averaged):
       variable.assign(value)
     inference_top1 = averaged_top1
+  logging.info("batch norm (--batch_norm_recalibration=%s): %s; top-1 on %d labeled images: "
+               "%.4f in inference mode (averaged statistics: %.4f), %.4f with batch statistics",
+               mode, "recalibrated" if recalibrated else "kept the averaged statistics",
+               found["images"], inference_top1, averaged_top1, found["batch_statistics_top1"])
   return {**found, "averaged_inference_top1": averaged_top1, "recalibrated": recalibrated,
           "inference_top1": inference_top1}
 

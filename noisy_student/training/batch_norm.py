@@ -16,7 +16,6 @@ whether the recalibrated statistics or the averaged ones are saved.
 """
 
 import contextlib
-import logging
 
 import keras
 import numpy as np
@@ -76,8 +75,6 @@ def recalibrate(model, dataset, max_batches):
       raise ValueError("no images to recalibrate batch norm with")
     for total, variable in zip(sums, variables):
       variable.assign((total / images_seen).astype(variable.dtype))
-  logging.info("batch norm: %d layers recalibrated on %d images (%d batches)", len(norms),
-               images_seen, batches)
   return {"batches": batches, "images": images_seen,
           "batch_statistics_top1": hits / images_seen}
 
