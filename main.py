@@ -63,8 +63,9 @@ flags.DEFINE_enum("model", "efficientnet-b0", list(spec.VARIANTS), "EfficientNet
 flags.DEFINE_integer("image_size", None, "Input resolution (default: the variant's, 32 with "
                      "--small_image).", lower_bound=8)
 flags.DEFINE_bool("small_image", False, "The reference's 32x32 model and preprocessing.")
-flags.DEFINE_bool("pad_crop", None, "Small-image preprocessing (reflect-pad 4 + random crop; no "
-                  "eval center crop) instead of the inception crop (default: --small_image).")
+flags.DEFINE_bool("pad_crop", None, "Small-image preprocessing (reflect-pad image_size//8, 4 at "
+                  "32, + random crop; no eval center crop) instead of the inception crop "
+                  "(default: --small_image).")
 flags.DEFINE_float("width_coefficient", None, "Override the variant's width scaling.",
                    lower_bound=0.01)
 flags.DEFINE_float("depth_coefficient", None, "Override the variant's depth scaling.",

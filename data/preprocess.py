@@ -9,8 +9,9 @@ Two recipes, as in the reference (tensorflow/tpu and google-research/noisystuden
   Eval: center crop of size/(size+32) of the shorter side -> legacy bicubic resize.
 * Small images (`small_image=True`, the 32x32 SVHN/CIFAR recipe), train: [resize when the stored
   size differs] -> [RandAugment with translate/cutout constants image_size//8] -> [Cutout, a
-  2*(image_size//4) gray square] -> reflect-pad 4 and random crop -> [flip]. Eval: identity, or
-  a resize when the stored size differs (Fashion-MNIST's 28x28 -> 32x32).
+  2*(image_size//4) gray square] -> reflect-pad image_size//8 (4 at 32, as the reference) and
+  random crop -> [flip]. Eval: identity, or a resize when the stored size differs
+  (Fashion-MNIST's 28x28 -> 32x32).
 
 Then `normalize`, the only place mean and std are applied. Resized values are not clipped unless
 they go through uint8 for RandAugment/Cutout (the reference's bicubic overshoot is kept).
@@ -35,7 +36,6 @@ NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "svhn": (SVHN_MEAN,
 # Eval crop = size / (size + CROP_PADDING) of the shorter side. The released checkpoints and
 # published accuracies use 32 (tensorflow/tpu before 22d5cab; noisystudent keeps 32).
 CROP_PADDING = 32
-SMALL_IMAGE_PADDING = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +120,13 @@ def eval_transform(encoded, config):
   return normalize(eval_pixels(encoded, config), config)
 
 
+def small_image_padding(image_size):
+  """Pixels of reflect padding on each side before pad-and-crop's random crop: the reference's 4
+  at 32 px, in proportion at other sizes (as RandAugment's translate and Cutout constants): a
+  fixed 4 would shift a 96 px image a third as much, and a 16 px one twice as much."""
+  return max(1, image_size // 8)
+
+
 def train_transform(encoded, seed, config):
   """Image bytes -> augmented, normalised float32 [S, S, 3].
 
@@ -136,7 +143,8 @@ def train_transform(encoded, seed, config):
   if config.small_image:
     image = _resize_if_needed(decode.decode_rgb(encoded), size)
     image = _augment(image, augment_seed, cutout_seed, config)
-    padding = [[SMALL_IMAGE_PADDING] * 2, [SMALL_IMAGE_PADDING] * 2, [0, 0]]
+    pad = small_image_padding(size)
+    padding = [[pad, pad], [pad, pad], [0, 0]]
     image = tf.pad(image, padding, mode="REFLECT")
     image = tf.image.stateless_random_crop(image, [size, size, 3], seed=crop_seed)
     if config.flip:

@@ -110,6 +110,28 @@ def test_small_image_train_cutout_paints_one_gray_square_then_pads_and_crops():
     assert 0 < gray.sum() and np.ptp(rows) < 16 + 4 and np.ptp(cols) < 16 + 4
 
 
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_small_image_train_pads_in_proportion_to_the_size_and_crops(size):
+  """Oracle: NumPy's reflect pad of image_size // 8 (the reference's 4 at 32) and a crop at some
+  offset in [0, 2 * pad]. The pixels code their position, so each output names its offset; over
+  40 seeds the offsets reach beyond what a fixed 4 px pad allows at 64 and stay within 2 at 16."""
+  pad = size // 8
+  rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+  pixels = np.stack([rows * 4 + 3, cols * 4 + 3, np.zeros_like(rows)], -1).astype(np.uint8)
+  padded = np.pad(pixels, [(pad, pad), (pad, pad), (0, 0)], mode="reflect")
+  config = preprocess.PreprocessConfig(size, small_image=True, flip=False, mean=(0.0,) * 3,
+                                       std=(1.0,) * 3)
+  offsets = set()
+  for seed in range(40):
+    got = preprocess.train_transform(_encode(pixels), tf.constant([seed, 1]), config).numpy()
+    found = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+             if np.array_equal(got, padded[dy:dy + size, dx:dx + size])]
+    assert found, seed
+    offsets.update(found)
+  shifts = {abs(dy - pad) for dy, _ in offsets} | {abs(dx - pad) for _, dx in offsets}
+  assert max(shifts) == pad if size <= 32 else 4 < max(shifts) <= pad
+
+
 def test_large_image_train_falls_back_to_the_eval_crop_when_sampling_fails():
   # No crop of area >= 8% with aspect in [3/4, 4/3] fits a 10x400 image: the sampler gives up.
   pixels = RNG.integers(0, 256, (10, 400, 3), dtype=np.uint8)
