@@ -179,6 +179,40 @@ def pseudo_label_accuracy(unlabeled_dir, predict_dir, filter_dir, num_classes=10
           "predicted": len(all_correct), "kept_unique": len(kept)}
 
 
+def true_label_copy(filter_dir, unlabeled_dir, output_dir, num_classes=10):
+  """The filter's output with every pseudo label replaced by its image's hidden true label (hard
+  label, one-hot probabilities, confidence 1): the same images, copies, shards and order, for a
+  student whose pseudo labels are all right. Written once (manifest.json last)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from data import records  # pylint: disable=g-import-not-at-top
+  manifest_path = _path(output_dir, "manifest.json")
+  if os.path.exists(manifest_path):
+    return output_dir
+  truth = _keys_and_labels(os.path.join(_path(unlabeled_dir), "*.tfrecord"))
+  manifest = _json(filter_dir, "manifest.json")
+  (split,) = manifest["splits"].values()
+  counts = [0] * num_classes
+  os.makedirs(_path(output_dir), exist_ok=True)
+
+  def relabelled(shard):
+    for serialized in tf.data.TFRecordDataset(_path(filter_dir, shard)).as_numpy_iterator():
+      features = tf.train.Example.FromString(serialized).features.feature
+      key = features[records.KEY].bytes_list.value[0]
+      label = int(truth[key])
+      counts[label] += 1
+      yield records.make_example(key=key, image=features[records.ENCODED].bytes_list.value[0],
+                                 label=label, probabilities=np.eye(num_classes)[label],
+                                 confidence=1.0)
+
+  for shard in split["shards"]:
+    records.write_atomically(_path(output_dir, shard), relabelled(shard))
+  split["class_counts"] = counts
+  split["source"] = {**split["source"], "true_labels": True}
+  _write_json(manifest, output_dir, "manifest.json")
+  return output_dir
+
+
 def training_pool(data):
   """A data directory of every training image outside the validation split (labeled and
   unlabeled, with labels) for the ceiling: a manifest listing both pools' shards."""
@@ -255,6 +289,24 @@ def run_seed(recipe, seed, work, ceiling):
       "kept_per_class": filter_stats["per_class"]["kept_unique"],
       "wall_seconds": wall,
   }
+
+
+def run_true_labels(recipe, seed, work):
+  """The round-1 student again, on the same kept images with their true labels instead of the
+  teacher's (same recipe, noise, start and steps): how much of the gap to the ceiling is the
+  pseudo labels' errors."""
+  data, runs = f"{work}/data_seed{seed}", f"{work}/seed{seed}"
+  copy = true_label_copy(_path(runs, "iterate", "iter_1", "filter"), f"{data}/unlabeled",
+                         f"{runs}/true_labels_data")
+  init = ([f"--init_checkpoint={runs}/iterate/iter_0/train"]
+          if recipe_value(recipe, "student_init") == "teacher" else [])
+  wall = main_py(recipe, "--mode=train", f"--workdir={runs}/student_true_labels",
+                 f"--pseudo_labeled_data={copy}",
+                 f"--epochs={float(recipe_value(recipe, 'student_epochs')):g}", *init,
+                 f"--labeled_data={data}/labeled", f"--eval_data={work}/test",
+                 f"--validation_data={data}/validation", f"--seed={seed}")
+  found = _json(runs, "student_true_labels", "history.json")["eval"]
+  return {"test": found["top1"], "validation": found["validation"]["top1"], "wall_seconds": wall}
 
 
 def run_robustness(recipe, seed, work, num_images, done=None):
@@ -340,6 +392,20 @@ def print_tables(results):
   for which in ("all", "kept"):
     mean, spread = _mean_spread([r["pseudo_labels_round_1"][which] for _, r in seeds])
     print(f"| {which} | {mean} | {spread} |")
+  oracle = [(key[len("true_labels_seed"):], r) for key, r in sorted(results.items())
+            if key.startswith("true_labels_seed")]
+  if oracle:
+    print("\n| round-1 student on the kept images' true labels | val / test % | share of the "
+          "ceiling (test) | the student's share |\n|---|---|---|---|")
+    for seed, r in oracle:
+      base = results.get(f"seed{seed}")
+      shares = ["-", "-"]
+      if base:
+        shares = [share_of_ceiling({**base, "oracle": r["test"]}, "oracle"),
+                  share_of_ceiling(base, "student_1")]
+        shares = ["-" if v is None else f"{v:.2f}" for v in shares]
+      print(f"| seed {seed} | {100 * r['validation']:.2f} / {100 * r['test']:.2f} | "
+            f"{shares[0]} | {shares[1]} |")
   for key, robust in results.items():
     if not key.startswith("robustness"):
       continue
@@ -363,6 +429,9 @@ def main():
                       help="seeds that also train the all-labels ceiling (default: every seed)")
   parser.add_argument("--robustness_seeds", type=int, nargs="*", default=[3])
   parser.add_argument("--robustness_images", type=int, default=2000)
+  parser.add_argument("--true_label_seeds", type=int, nargs="*", default=[],
+                      help="seeds that also train the round-1 student on its kept images' true "
+                      "labels (a control for the pseudo labels' errors; one student run each)")
   parser.add_argument("--recipe", default=DEFAULT_RECIPE,
                       help="flag file of the runs, relative to the repository root; it may "
                       "include the default one and change what it sets (e.g. --student_epochs)")
@@ -392,6 +461,11 @@ def main():
     robust = run_robustness(recipe, seed, workdir, args.robustness_images, results.get(key))
     if robust != results.get(key):
       results[key] = robust
+      _write_json(results, results_name)
+  for seed in args.true_label_seeds:
+    key = f"true_labels_seed{seed}"
+    if key not in results:
+      results[key] = run_true_labels(recipe, seed, workdir)
       _write_json(results, results_name)
   print_tables(results)
 
