@@ -471,3 +471,39 @@ def test_a_flag_the_mode_does_not_read_is_an_error_unless_a_recipe_sets_it(tmp_p
                    f"--input={tmp_path / 'missing'}", f"--output={tmp_path / 'out'}")
   assert result.returncode != 0 and "is not read by" not in result.stderr
   assert "missing" in result.stderr
+
+
+def test_benchmark_true_label_copy_keeps_images_and_order_and_only_fixes_labels(tmp_path):
+  """The benchmark's true-label control: the filter's shards record for record (keys, image
+  bytes, copies, order) with each label replaced by the hidden true one, one-hot."""
+  from data import records  # pylint: disable=g-import-not-at-top
+  benchmark = _fashion_mnist_benchmark()
+  truth = {f"k{i}".encode(): i % 3 for i in range(6)}
+  unlabeled = tmp_path / "unlabeled"
+  unlabeled.mkdir()
+  records.write_atomically(str(unlabeled / "u-0.tfrecord"), [
+      records.make_example(key=k, image=b"img" + k, label=v) for k, v in truth.items()])
+  filtered = tmp_path / "filter"
+  filtered.mkdir()
+  shards = {"train-00000-of-00002.tfrecord": [b"k0", b"k1", b"k1"],
+            "train-00001-of-00002.tfrecord": [b"k5", b"k2"]}
+  for name, keys in shards.items():
+    records.write_atomically(str(filtered / name), [
+        records.make_example(key=k, image=b"img" + k, label=2, probabilities=[0.1, 0.2, 0.7],
+                             confidence=0.7) for k in keys])
+  (filtered / "manifest.json").write_text(json.dumps({"num_classes": 3, "splits": {"train": {
+      "num_examples": 5, "class_counts": [0, 0, 5], "shards": sorted(shards),
+      "source": {"type": "filter"}}}}))
+  out = benchmark.true_label_copy(str(filtered), str(unlabeled), str(tmp_path / "true"), 3)
+  for name, keys in shards.items():
+    got = [tf.train.Example.FromString(r).features.feature
+           for r in tf.data.TFRecordDataset(str(tmp_path / "true" / name)).as_numpy_iterator()]
+    assert [f[records.KEY].bytes_list.value[0] for f in got] == keys
+    assert [f[records.ENCODED].bytes_list.value[0] for f in got] == [b"img" + k for k in keys]
+    assert [f[records.LABEL].int64_list.value[0] for f in got] == [truth[k] for k in keys]
+    for feature, key in zip(got, keys):
+      np.testing.assert_array_equal(feature[records.PROBABILITIES].float_list.value,
+                                    np.eye(3)[truth[key]])
+  manifest = json.loads((tmp_path / "true" / "manifest.json").read_text())
+  assert manifest["splits"]["train"]["class_counts"] == [1, 2, 2]  # k0; k1 k1; k5 k2
+  assert out == str(tmp_path / "true")
