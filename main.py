@@ -171,7 +171,7 @@ flags.DEFINE_integer("eval_every_keras_epochs", 0, "train/finetune/iterate: ever
                      "(each about one pass over the labeled data, at most "
                      f"{train.MAX_STEPS_PER_KERAS_EPOCH:,} steps) and after "
                      "the last, evaluate the model as it would be saved then (EMA weights, batch "
-                     "norm recalibrated as at the end) on --validation_data, else --eval_data "
+                     "norm statistics as at the end) on --validation_data, else --eval_data "
                      "(iterate: --validation_data only); into history.json, TensorBoard and "
                      "training_curves.png. 0: off.", lower_bound=0)
 flags.DEFINE_integer("freeze_blocks", 0, "finetune: freeze the stem and the first N blocks (they "

@@ -373,7 +373,8 @@ def test_dropout_draws_its_own_masks_on_each_replica():
   result = subprocess.run([sys.executable, "-c", DROPOUT_REPLICAS], capture_output=True,
                           text=True, cwd=ROOT, timeout=RUN_TIMEOUT_S)
   assert result.returncode == 0, result.stderr[-3000:]
-  found = {k: [np.array(o) for o in v] for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
+  printed = json.loads(result.stdout.splitlines()[-1])
+  found = {name: [np.array(o) for o in outputs] for name, outputs in printed.items()}
   for kind in ("dropout", "stochastic_depth"):
     same, own = found[f"keras/{kind}"], found[f"ours/{kind}"]
     np.testing.assert_array_equal(same[0], same[1])  # the fault

@@ -9,8 +9,8 @@ per-step callback is needed. In data epochs the points would fall between those 
 rounded onto them.
 
 What is measured is `measure()`, given by train (`train.saved_model_metrics`): the EMA weights
-with batch norm recalibrated as at the end, through the eval path, every variable put back
-after. This callback schedules it and records the results: in `points` (history.json's
+with the batch-norm statistics settled as at the end, through the eval path, every variable put
+back after. This callback schedules it and records the results: in `points` (history.json's
 "periodic_eval"), the log, and TensorBoard scalars `<split>_top1`, `_top5`, `_loss`, `_ece` in
 `tensorboard/periodic_eval`, at step = Keras' own 0-based epoch index, where its epoch_* scalars
 are.
