@@ -190,13 +190,12 @@ def true_label_copy(filter_dir, unlabeled_dir, output_dir, num_classes=10):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from data import records  # pylint: disable=g-import-not-at-top
-  manifest_path = _path(output_dir, "manifest.json")
-  if os.path.exists(manifest_path):
+  if os.path.exists(_path(output_dir, "manifest.json")):
     return output_dir
   truth = _keys_and_labels(os.path.join(_path(unlabeled_dir), "*.tfrecord"))
   manifest = _json(filter_dir, "manifest.json")
   (split,) = manifest["splits"].values()
-  counts = [0] * num_classes
+  counts, one_hot = [0] * num_classes, np.eye(num_classes)
   os.makedirs(_path(output_dir), exist_ok=True)
 
   def relabelled(shard):
@@ -206,7 +205,7 @@ def true_label_copy(filter_dir, unlabeled_dir, output_dir, num_classes=10):
       label = int(truth[key])
       counts[label] += 1
       yield records.make_example(key=key, image=features[records.ENCODED].bytes_list.value[0],
-                                 label=label, probabilities=np.eye(num_classes)[label],
+                                 label=label, probabilities=one_hot[label],
                                  confidence=1.0)
 
   for shard in split["shards"]:
@@ -236,6 +235,21 @@ def training_pool(data):
   return pool
 
 
+def seed_train_flags(work, seed):
+  """The data and seed flags of a seed's train runs: its labeled and validation splits, the
+  shared test set."""
+  data = f"{work}/data_seed{seed}"
+  return [f"--labeled_data={data}/labeled", f"--eval_data={work}/test",
+          f"--validation_data={data}/validation", f"--seed={seed}"]
+
+
+def student_init(recipe, runs):
+  """The flags that start a student as the recipe's students start: from the seed's teacher
+  (--student_init=teacher), else from scratch."""
+  return ([f"--init_checkpoint={runs}/iterate/iter_0/train"]
+          if recipe_value(recipe, "student_init") == "teacher" else [])
+
+
 def run_seed(recipe, seed, work, ceiling):
   data = f"{work}/data_seed{seed}"
   wall = {}
@@ -244,16 +258,14 @@ def run_seed(recipe, seed, work, ceiling):
                               "--split=train", f"--output={data}", "--labeled_per_class=100",
                               f"--validation_per_class={VALIDATION_PER_CLASS}",
                               f"--seed={seed}", "--num_shards=8", CLASS_NAMES)
-  paths = [f"--labeled_data={data}/labeled", f"--unlabeled_data={data}/unlabeled",
-           f"--eval_data={work}/test", f"--validation_data={data}/validation", f"--seed={seed}"]
-  train_paths = [p for p in paths if not p.startswith("--unlabeled_data")]  # train reads none
+  train_paths = seed_train_flags(work, seed)
+  paths = [*train_paths, f"--unlabeled_data={data}/unlabeled"]  # train reads no unlabeled data
   runs = f"{work}/seed{seed}"
   wall["iterate"] = main_py(recipe, "--mode=iterate", f"--workdir={runs}/iterate", *paths)
   summary = _json(runs, "iterate", "summary.json")
   student_epochs = float(recipe_value(recipe, "student_epochs"))
   # Control: the round-1 student on the same pseudo labels, steps and start, without any noise.
-  init = ([f"--init_checkpoint={runs}/iterate/iter_0/train"]
-          if recipe_value(recipe, "student_init") == "teacher" else [])
+  init = student_init(recipe, runs)
   wall["no_noise"] = main_py(recipe, "--mode=train", f"--workdir={runs}/student_no_noise",
                              f"--pseudo_labeled_data={runs}/iterate/iter_1/filter",
                              f"--epochs={student_epochs:g}", *init, *NO_NOISE, *train_paths)
@@ -302,15 +314,12 @@ def run_true_labels(recipe, seed, work):
   data, runs = f"{work}/data_seed{seed}", f"{work}/seed{seed}"
   copy = true_label_copy(_path(runs, "iterate", "iter_1", "filter"), f"{data}/unlabeled",
                          f"{runs}/true_labels_data")
-  init = ([f"--init_checkpoint={runs}/iterate/iter_0/train"]
-          if recipe_value(recipe, "student_init") == "teacher" else [])
   history = os.path.join(runs, "student_true_labels", "history.json")
   if not os.path.exists(_path(history)):  # a finished run is read, not retrained
     main_py(recipe, "--mode=train", f"--workdir={runs}/student_true_labels",
             f"--pseudo_labeled_data={copy}",
-            f"--epochs={float(recipe_value(recipe, 'student_epochs')):g}", *init,
-            f"--labeled_data={data}/labeled", f"--eval_data={work}/test",
-            f"--validation_data={data}/validation", f"--seed={seed}")
+            f"--epochs={float(recipe_value(recipe, 'student_epochs')):g}",
+            *student_init(recipe, runs), *seed_train_flags(work, seed))
   found = _json(history)
   return {"test": found["eval"]["top1"], "validation": found["eval"]["validation"]["top1"],
           "wall_seconds": found["history"]["wall_seconds"][-1]}

@@ -80,15 +80,21 @@ def _find_scope(var_shapes, wanted, ckpt_path):
       "Build the matching variant, or pass scope= to load across names.")
 
 
+def _open(path):
+  """(checkpoint prefix, reader) of a checkpoint prefix or directory; unreadable: ValueError."""
+  import tensorflow as tf  # Only the checkpoint reader needs TF; the model may run on JAX.
+  ckpt_path = _resolve_checkpoint(path)
+  try:
+    return ckpt_path, tf.train.load_checkpoint(ckpt_path)
+  except Exception as e:
+    raise ValueError(f"Cannot read TF checkpoint {ckpt_path!r}: {e}") from e
+
+
 def checkpoint_classes(path, scope):
   """The class count of a reference checkpoint's classifier under model scope `scope` (the
   variant's name): the last dimension of its head/dense/kernel."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  ckpt_path = _resolve_checkpoint(path)
-  try:
-    var_shapes = tf.train.load_checkpoint(ckpt_path).get_variable_to_shape_map()
-  except Exception as e:
-    raise ValueError(f"Cannot read TF checkpoint {ckpt_path!r}: {e}") from e
+  ckpt_path, reader = _open(path)
+  var_shapes = reader.get_variable_to_shape_map()
   kernel = f"{_find_scope(var_shapes, scope, ckpt_path)}/head/dense/kernel"
   if kernel not in var_shapes:
     raise ValueError(f"Checkpoint {ckpt_path!r} has no classifier ({kernel})")
@@ -111,13 +117,7 @@ def load_reference_checkpoint(model, path, use_ema=True, include_top=True, scope
   Returns:
     A report dict: counts of weights loaded, from EMA shadows, and any raw-value fallbacks.
   """
-  import tensorflow as tf  # Only the checkpoint reader needs TF; the model may run on JAX.
-
-  ckpt_path = _resolve_checkpoint(path)
-  try:
-    reader = tf.train.load_checkpoint(ckpt_path)
-  except Exception as e:
-    raise ValueError(f"Cannot read TF checkpoint {ckpt_path!r}: {e}") from e
+  ckpt_path, reader = _open(path)
   var_shapes = reader.get_variable_to_shape_map()
   scope = _find_scope(var_shapes, scope or model.efficientnet_config["variant"], ckpt_path)
 
