@@ -1,4 +1,5 @@
-"""Converts image folders, IDX, SVHN .mat, .npz and tfds data to the shared TFRecord format.
+"""Converts image folders, IDX, SVHN .mat, .npz, tfds data and the reference's ImageNet TFRecords
+(tensorflow/tpu imagenet_to_gcs.py) to the shared TFRecord format.
 
 Output: `<output_dir>/<split>-SSSSS-of-NNNNN.tfrecord` shards (schema in `data.records`) and
 `<output_dir>/manifest.json` (layout in `data.manifest`), merged per split so train and test can
@@ -26,7 +27,7 @@ from data import decode
 from data import manifest as manifest_lib
 from data import records
 
-SOURCES = ("folder", "idx", "svhn_mat", "npz", "tfds")
+SOURCES = ("folder", "idx", "svhn_mat", "npz", "tfds", "tfrecord")
 _IDX_PREFIXES = {"train": "train", "t10k": "t10k", "test": "t10k"}
 _PROGRESS_SECONDS = 10.0
 
@@ -58,6 +59,11 @@ def convert(source, input_path, output_dir, *, split, num_shards, unlabeled=Fals
       "npz": `input_path` is an .npz with `images` uint8 [N,H,W] or [N,H,W,C], optional `labels`
         (0-based ints) and optional `class_names`.
       "tfds": `input_path` is a tensorflow-datasets name (e.g. "mnist"); needs the package.
+      "tfrecord": the reference's ImageNet shards (tensorflow/tpu imagenet_to_gcs.py):
+        `input_path` is their directory (its `<split>-*` files are read, e.g. train-00000-of-01024
+        or validation-00000-of-00128) or a glob. `image/encoded` is kept as it is,
+        `image/class/label` (1-based, 1..1000) becomes label - 1, `image/class/synset` names
+        the classes, `image/filename` makes the key (`<split>/<filename>`).
     input_path: see `source`; local or gs://.
     output_dir: where shards and manifest.json go (created when missing).
     split: split name, used as the shard prefix and manifest key; for "idx" also picks files.
@@ -83,7 +89,7 @@ def convert(source, input_path, output_dir, *, split, num_shards, unlabeled=Fals
   if num_shards < 1:
     raise ValueError(f"num_shards must be >= 1, got {num_shards}")
   loader = {"folder": _folder_source, "idx": _idx_source, "svhn_mat": _svhn_source,
-            "npz": _npz_source, "tfds": _tfds_source}[source]
+            "npz": _npz_source, "tfds": _tfds_source, "tfrecord": _tfrecord_source}[source]
   src = loader(input_path, split=split, unlabeled=unlabeled, class_names=class_names)
   items = src.items[:limit]
   if not items:
@@ -306,6 +312,112 @@ def _tfds_source(input_path, *, split, unlabeled, class_names):
   items = [(f"{split}/{i}", int(label) if has_labels else None, i)
            for i, (_, label) in enumerate(rows)]
   return _Source(items, lambda i: rows[i][0], names, {"type": "tfds", "name": input_path})
+
+
+# The reference's ImageNet shards (tensorflow/tpu tools/datasets/imagenet_to_gcs.py): its
+# image/class/label is 1-based (1..1000; TF-slim kept 0 for a background class).
+REFERENCE_LABEL_OFFSET = 1
+_TFRECORD_HEADER, _TFRECORD_FOOTER = 12, 4  # uint64 length + uint32 CRC; uint32 CRC
+_REFERENCE_INDEX_FEATURES = {
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    "image/class/synset": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+
+def _tfrecord_source(input_path, *, split, unlabeled, class_names):
+  shards = _reference_shards(input_path, split)
+  rows, skipped = [], []  # rows: (shard, index, (path, offset, length), label, synset, filename)
+  for path in shards:
+    rows.extend(_index_reference_shard(path, split, skipped))
+  names = list(class_names or [])
+  labels = [] if unlabeled else [_reference_label(row, len(names)) for row in rows]
+  if labels and not names:
+    synsets = {}
+    for (_, _, _, _, synset, _), label in zip(rows, labels):
+      if synset and synsets.setdefault(label, synset) != synset:
+        raise ValueError(f"{input_path}: label {label + REFERENCE_LABEL_OFFSET} has two synsets, "
+                         f"{synsets[label]} and {synset}")
+    names = [synsets.get(i, str(i)) for i in range(max(labels) + 1)]
+  filenames = [row[5] for row in rows]
+  by_name = all(filenames) and len(set(filenames)) == len(filenames)
+  keys = [f"{split}/{row[5]}" if by_name else f"{split}/{os.path.basename(row[0])}/{row[1]}"
+          for row in rows]
+  items = [(key, labels[i] if labels else None, row[2]) for i, (key, row) in
+           enumerate(zip(keys, rows))]
+  description = {"type": "tfrecord", "input": input_path, "num_input_shards": len(shards),
+                 "label_offset": 0 if unlabeled else REFERENCE_LABEL_OFFSET,
+                 "labels": "unlabeled" if unlabeled else
+                 "image/class/label is 1-based (tensorflow/tpu imagenet_to_gcs.py); stored as "
+                 "label - 1", "keys": "image/filename" if by_name else "shard/index"}
+  return _Source(items, _read_reference_image, names, description, skipped)
+
+
+def _reference_shards(input_path, split):
+  """A directory's `<split>-*` files (the reference's train-*, validation-*), or a glob's."""
+  if tf.io.gfile.isdir(input_path):
+    shards = records.without_hidden(tf.io.gfile.glob(os.path.join(input_path, f"{split}-*")))
+    if not shards:
+      raise FileNotFoundError(
+          f"no {split}-* shards in {input_path} (imagenet_to_gcs.py writes train-00000-of-01024 "
+          "and validation-00000-of-00128): pass --split=train or validation, or a glob")
+  else:
+    shards = records.without_hidden(tf.io.gfile.glob(input_path))
+    if not shards:
+      raise FileNotFoundError(f"no TFRecord shards match {input_path}")
+  return sorted(shards)
+
+
+def _index_reference_shard(path, split, skipped):
+  """(path, index, (path, data offset, length), raw label, synset, filename) of each record of an
+  uncompressed TFRecord file, read once without keeping the images (they are read again by
+  offset when converted). A file damaged part-way gives its records up to the damage, listed."""
+  dataset = tf.data.TFRecordDataset(path).map(
+      lambda r: (tf.strings.length(r, unit="BYTE"),
+                 tf.io.parse_single_example(r, _REFERENCE_INDEX_FEATURES))).batch(1024)
+  rows, offset = [], 0
+  try:
+    for lengths, features in dataset:
+      for length, label, synset, filename in zip(
+          lengths.numpy(), features["image/class/label"].numpy(),
+          features["image/class/synset"].numpy(), features["image/filename"].numpy()):
+        rows.append((path, len(rows), (path, offset + _TFRECORD_HEADER, int(length)), int(label),
+                     synset.decode(), filename.decode()))
+        offset += _TFRECORD_HEADER + int(length) + _TFRECORD_FOOTER
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+    skipped.append({"key": f"{split}/{os.path.basename(path)}",
+                    "reason": f"damaged after {len(rows)} records: {e.message.splitlines()[0]}"})
+  if rows:  # a compressed file's offsets would point into compressed bytes
+    with tf.io.gfile.GFile(path, "rb") as f:
+      if int.from_bytes(f.read(8), "little") != rows[0][2][2]:
+        raise ValueError(f"{path} is not an uncompressed TFRecord file")
+  return rows
+
+
+def _reference_label(row, num_names):
+  """The 0-based label of an index row; a label that is not 1-based is an error naming it."""
+  path, index, _, raw, _, _ = row
+  where = f"record {index} of {path}"
+  if raw == -1:
+    raise ValueError(f"{where} has no image/class/label; pass --unlabeled for unlabeled shards")
+  if raw < REFERENCE_LABEL_OFFSET:
+    raise ValueError(f"{where}: image/class/label {raw}; the reference's shards "
+                     "(imagenet_to_gcs.py) are 1-based (1..1000), and a 0 would have no class")
+  label = raw - REFERENCE_LABEL_OFFSET
+  if num_names and label >= num_names:
+    raise ValueError(f"{where}: image/class/label {raw}, but only {num_names} class names")
+  return label
+
+
+def _read_reference_image(ref):
+  path, offset, length = ref
+  with tf.io.gfile.GFile(path, "rb") as f:
+    f.seek(offset)
+    data = f.read(length)
+  feature = tf.train.Example.FromString(data).features.feature
+  if "image/encoded" not in feature:
+    raise ValueError("the record has no image/encoded")
+  return feature["image/encoded"].bytes_list.value[0]
 
 
 def _array_source(images, labels, split, class_names, description):

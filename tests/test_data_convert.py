@@ -293,3 +293,88 @@ def _split_keys(directory):
   return [tf.io.parse_single_example(r, spec)["image/key"].numpy()
           for path in sorted(directory.glob("*.tfrecord"))
           for r in tf.data.TFRecordDataset(str(path))]
+
+
+def _jpeg(array):
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format="JPEG", quality=90)
+  return buffer.getvalue()
+
+
+def _reference_example(encoded, label, synset, filename, height, width):
+  """One record as tensorflow/tpu's imagenet_to_gcs.py `_convert_to_example` writes it."""
+  def b(v):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+  def i(v):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
+
+  feature = {"image/height": i(height), "image/width": i(width), "image/colorspace": b(b"RGB"),
+             "image/channels": i(3), "image/class/synset": b(synset.encode()),
+             "image/format": b(b"JPEG"), "image/filename": b(filename.encode()),
+             "image/encoded": b(encoded)}
+  if label is not None:
+    feature["image/class/label"] = i(label)
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _reference_shards(directory, prefix, rows, num_shards):
+  """Writes `rows` (encoded, 1-based label, synset, filename, h, w) round-robin into
+  `<prefix>-SSSSS-of-NNNNN` files, the reference's names."""
+  os.makedirs(directory, exist_ok=True)
+  for shard in range(num_shards):
+    path = os.path.join(directory, f"{prefix}-{shard:05d}-of-{num_shards:05d}")
+    with tf.io.TFRecordWriter(path) as writer:
+      for row in rows[shard::num_shards]:
+        writer.write(_reference_example(*row))
+
+
+def test_convert_reference_imagenet_tfrecords_maps_1_based_labels(tmp_path):
+  """imagenet_to_gcs.py shards: JPEG bytes kept as they are, label 1..C becomes 0..C-1, synsets
+  name the classes, filenames make the keys, and the manifest says so."""
+  rng = np.random.default_rng(3)
+  synsets = ["n01440764", "n01443537", "n01484850"]
+  rows, expected = [], {}
+  for n in range(8):
+    h, w = int(rng.integers(20, 40)), int(rng.integers(20, 40))
+    encoded = _jpeg(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    label = n % 3 + 1
+    name = f"{synsets[label - 1]}_{n}.JPEG"
+    rows.append((encoded, label, synsets[label - 1], name, h, w))
+    expected[f"train/{name}"] = (encoded, label - 1)
+  _reference_shards(tmp_path / "ref", "train", rows, 3)
+  _reference_shards(tmp_path / "ref", "validation", rows[:2], 1)  # not read for split train
+  manifest = convert.convert("tfrecord", str(tmp_path / "ref"), str(tmp_path / "out"),
+                             split="train", num_shards=2)
+  assert manifest["class_names"] == synsets and manifest["num_classes"] == 3
+  entry = manifest["splits"]["train"]
+  assert entry["source"]["label_offset"] == 1 and entry["class_counts"] == [3, 3, 2]
+  found = {}
+  for serialized in pipeline.ordered_records(pipeline.resolve_shards(str(tmp_path / "out"))):
+    feature = tf.train.Example.FromString(serialized.numpy()).features.feature
+    found[feature[records.KEY].bytes_list.value[0].decode()] = (
+        feature[records.ENCODED].bytes_list.value[0], feature[records.LABEL].int64_list.value[0])
+  assert found == expected
+
+
+def test_convert_reference_tfrecords_unlabeled_glob_and_bad_labels(tmp_path):
+  rng = np.random.default_rng(4)
+  encoded = _jpeg(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+  _reference_shards(tmp_path / "ref", "train", [(encoded, None, "", f"u{n}.JPEG", 16, 16)
+                                                for n in range(3)], 1)
+  manifest = convert.convert("tfrecord", str(tmp_path / "ref" / "train-*"),
+                             str(tmp_path / "unl"), split="unlabeled", num_shards=1,
+                             unlabeled=True)
+  assert manifest["splits"]["unlabeled"]["num_examples"] == 3
+  assert not manifest["splits"]["unlabeled"]["labeled"]
+  with pytest.raises(ValueError, match="no image/class/label; pass --unlabeled"):
+    convert.convert("tfrecord", str(tmp_path / "ref"), str(tmp_path / "a"), split="train",
+                    num_shards=1)
+  _reference_shards(tmp_path / "zero", "train", [(encoded, 0, "x", "z.JPEG", 16, 16)], 1)
+  with pytest.raises(ValueError, match="image/class/label 0; the reference's shards"):
+    convert.convert("tfrecord", str(tmp_path / "zero"), str(tmp_path / "b"), split="train",
+                    num_shards=1)
+  with pytest.raises(FileNotFoundError, match="no validation-\\* shards"):
+    convert.convert("tfrecord", str(tmp_path / "zero"), str(tmp_path / "c"), split="validation",
+                    num_shards=1)
+  assert not any((tmp_path / d).exists() for d in ("a", "b", "c"))
