@@ -228,8 +228,9 @@ def _folder_source(input_path, *, split, unlabeled, class_names):
   folders = sorted({f.split("/")[0] for f in files if "/" in f})
   names = list(class_names or folders)
   if not names:
-    raise ValueError(f"{input_path} has no class sub-folders; pass unlabeled=True for a plain "
-                     f"tree of images")
+    raise ValueError(f"{input_path} has no class sub-folders: put each class's images in a "
+                     f"sub-folder named after it, or convert a plain tree of images with "
+                     f"--unlabeled")
   index = {name: i for i, name in enumerate(names)}
   unknown = sorted(set(folders) - set(index))
   if unknown:
@@ -252,6 +253,15 @@ def _read_idx(path):
   return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+def _folder_hint(input_path):
+  """How to read `input_path` when it is a folder of images rather than what --source says."""
+  if not tf.io.gfile.isdir(input_path) or any(
+      "-ubyte" in name for name in tf.io.gfile.listdir(input_path)):
+    return ""
+  return ("; for a folder of images (one sub-folder per class, or any tree with --unlabeled) "
+          "use --source=folder")
+
+
 def _idx_source(input_path, *, split, unlabeled, class_names):
   if split not in _IDX_PREFIXES:
     raise ValueError(f"IDX split must be one of {sorted(_IDX_PREFIXES)}, got {split!r}")
@@ -260,7 +270,9 @@ def _idx_source(input_path, *, split, unlabeled, class_names):
     base = os.path.join(input_path, f"{_IDX_PREFIXES[split]}-{kind}-{suffix}-ubyte")
     found = [p for p in (base + ".gz", base) if tf.io.gfile.exists(p)]
     if not found:
-      raise FileNotFoundError(f"no {base}[.gz] in {input_path}")
+      raise FileNotFoundError(f"--source=idx (the default) reads MNIST-layout IDX files and "
+                              f"{input_path} has no {os.path.basename(base)}[.gz]"
+                              f"{_folder_hint(input_path)}")
     arrays[kind] = _read_idx(found[0])
   description = {"type": "idx", "input": input_path, "files_prefix": _IDX_PREFIXES[split]}
   return _array_source(arrays["images"], None if unlabeled else arrays["labels"], split,

@@ -41,6 +41,10 @@ import dataclasses
 import numpy as np
 
 DEFAULT_COMPACTION_BUFFER = 1 << 16
+# The most the filter phase fills a short class, as a multiple of its own kept records (each
+# written about this many times at most). Beyond it copies replace data: the paper's 130,000 per
+# class on 60 unlabeled images wrote 390,000 records, 6,500 copies of each image.
+MAX_FILL_FACTOR = 10
 # Key layout: label in the high bits, then the float32 confidence's 31 magnitude bits inverted.
 # Non-negative floats order like their bit patterns, so ascending keys mean ascending label and
 # descending confidence.
@@ -175,6 +179,48 @@ def validate_images_per_class(images_per_class):
     raise ValueError(f"images_per_class must be a positive integer or None, got "
                      f"{images_per_class!r}")
   return int(images_per_class)
+
+
+def _class_name(label, class_names):
+  return repr(class_names[label]) if class_names else str(label)
+
+
+def fill_limit_error(kept_unique, images_per_class, class_names=None):
+  """The one-line refusal of a target that fills some class beyond MAX_FILL_FACTOR times its
+  kept records (`kept_unique`, per class), naming --images_per_class and the largest value
+  that fits, MAX_FILL_FACTOR times the smallest non-empty class; None when every class fits
+  (empty classes are never filled, and balancing off fills nothing)."""
+  kept = np.asarray(kept_unique, np.int64)
+  if images_per_class is None or not np.any(kept > 0):
+    return None
+  smallest = int(np.flatnonzero(kept == kept[kept > 0].min())[0])
+  count = int(kept[smallest])
+  if images_per_class <= MAX_FILL_FACTOR * count:
+    return None
+  overfull = int(np.count_nonzero((kept > 0) & (images_per_class > MAX_FILL_FACTOR * kept)))
+  others = (f" (and {overfull - 1} other class{'es' if overfull > 2 else ''})"
+            if overfull > 1 else "")
+  return (f"--images_per_class={images_per_class} would fill class "
+          f"{_class_name(smallest, class_names)}{others} from {count} kept images to "
+          f"{images_per_class}, about {images_per_class / count:.0f} copies of each; a class is "
+          f"filled to at most {MAX_FILL_FACTOR}x its kept images: "
+          f"--images_per_class={MAX_FILL_FACTOR * count} fits (--noduplicate_to_balance keeps "
+          "short classes as they are)")
+
+
+def check_images_per_class(rule, num_images, num_classes):
+  """Before any work: refuses a target no class of `num_images` images can fill within
+  MAX_FILL_FACTOR (a class keeps at most all of them), naming --images_per_class and each
+  class's even share, `num_images // num_classes`. The exact check, per class, is
+  `fill_limit_error` once the kept records are counted."""
+  target = rule.images_per_class
+  if target is None or not rule.duplicate or target <= MAX_FILL_FACTOR * num_images:
+    return
+  share = max(1, num_images // max(1, num_classes))
+  raise ValueError(f"--images_per_class={target} is more than {MAX_FILL_FACTOR}x the "
+                   f"{num_images} unlabeled images (a class is filled to at most "
+                   f"{MAX_FILL_FACTOR}x its kept images): try --images_per_class={share}, an "
+                   f"even share of them for each of {num_classes} classes")
 
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter

@@ -71,11 +71,12 @@ def class_counts(before, after, path, *, labels=("after threshold", "kept (with 
   return _save(figure, path)
 
 
-def per_class_accuracy(accuracy_by_class, path, *, title="per-class top-1", class_names=None):
-  """Bars of top-1 per class; `accuracy_by_class` is keyed by the class index (as a string)."""
+def per_class_accuracy(accuracy_by_class, path, *, title="per-class top-1"):
+  """Bars of top-1 per class; `accuracy_by_class` is keyed by what the axis shows, the class
+  name (or its index as a string, for classes without names)."""
   keys = list(accuracy_by_class)
   values = [accuracy_by_class[k] for k in keys]
-  ticks = [class_names[int(k)] for k in keys] if class_names else keys
+  ticks = [str(k) for k in keys]
   figure, ax = plt.subplots(figsize=(max(4, 0.45 * len(keys) + 2), 3))
   ax.bar(range(len(keys)), values, color="tab:green")
   ax.set_xticks(range(len(keys)), ticks, fontsize=7, **_tick_style(ticks))

@@ -121,6 +121,33 @@ def test_convert_empty_input_directory_names_it_and_writes_nothing(tmp_path):
   assert not (tmp_path / "out").exists()
 
 
+def test_a_folder_of_images_read_as_idx_or_without_class_folders_names_the_flag_to_set(tmp_path):
+  """--source defaults to idx: a folder of images gets the flag that reads it; a flat folder read
+  as labeled gets the flag for an unlabeled tree (not the Python keyword)."""
+  rng = np.random.default_rng(2)
+  for name in ("cat/a.png", "dog/b.png"):
+    _save(str(tmp_path / "classes" / name), _png(rng.integers(0, 256, (4, 4, 3), np.uint8)))
+  _save(str(tmp_path / "flat" / "c.png"), _png(rng.integers(0, 256, (4, 4, 3), np.uint8)))
+  with pytest.raises(FileNotFoundError) as error:
+    convert.convert("idx", str(tmp_path / "classes"), str(tmp_path / "out"), split="train",
+                    num_shards=1)
+  assert str(error.value) == (
+      f"--source=idx (the default) reads MNIST-layout IDX files and {tmp_path / 'classes'} has "
+      "no train-images-idx3-ubyte[.gz]; for a folder of images (one sub-folder per class, or "
+      "any tree with --unlabeled) use --source=folder")
+  with pytest.raises(ValueError) as error:
+    convert.convert("folder", str(tmp_path / "flat"), str(tmp_path / "out"), split="train",
+                    num_shards=1)
+  assert str(error.value).endswith("or convert a plain tree of images with --unlabeled")
+  assert "=True" not in str(error.value) and not (tmp_path / "out").exists()
+  # An IDX directory that lacks one file is told which, without the folder hint.
+  (tmp_path / "idx").mkdir()
+  (tmp_path / "idx" / "train-labels-idx1-ubyte").write_bytes(b"")
+  with pytest.raises(FileNotFoundError, match=r"has no train-images-idx3-ubyte\[\.gz\]$"):
+    convert.convert("idx", str(tmp_path / "idx"), str(tmp_path / "out"), split="train",
+                    num_shards=1)
+
+
 def test_convert_svhn_mat_maps_label_10_to_digit_0(tmp_path):
   rng = np.random.default_rng(2)
   images = rng.integers(0, 256, (32, 32, 3, 6), dtype=np.uint8)

@@ -444,3 +444,65 @@ def test_phase_short_prediction_shard_is_an_error_naming_it(tmp_path):
                                           num_classes=NUM_CLASSES, batch_size=4)
   assert prediction in str(error.value)
   assert not os.listdir(tmp_path / "out")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fill_limit_refuses_exactly_the_targets_beyond_ten_copies_and_names_one_that_fits(seed):
+  rng = np.random.default_rng(seed)
+  kept = rng.integers(0, 30, 7)
+  kept[rng.integers(7)] = 0  # an empty class is never filled: it cannot limit the target
+  smallest = int(kept[kept > 0].min())
+  for target in (1, smallest, 10 * smallest, 10 * smallest + 1, 50 * smallest, 10 ** 6):
+    # Plain restatement: some class with 0 < k < N would get more than 10 records per kept one.
+    refused = any(0 < k < target and target > 10 * k for k in kept)
+    error = filter_balance.fill_limit_error(kept, target)
+    assert (error is not None) == refused, (kept, target)
+    if refused:
+      assert error.startswith(f"--images_per_class={target} would fill class ")
+      assert f"--images_per_class={10 * smallest} fits" in error
+      assert filter_balance.fill_limit_error(kept, 10 * smallest) is None
+  assert filter_balance.fill_limit_error(kept, None) is None
+  assert filter_balance.fill_limit_error(np.zeros(3, int), 100) is None
+
+
+def test_phase_refuses_a_target_that_floods_a_class_before_writing_and_its_value_fits(tmp_path):
+  truth = _write_inputs(tmp_path, shard_sizes=(30, 25))
+  kept = np.bincount([t["label"] for t in truth.values() if t["confidence"] >= 0.3],
+                     minlength=NUM_CLASSES)
+  names = ["ant", "bee", "cat", "dog"]
+  summary_path = tmp_path / "predictions" / "summary.json"
+  summary = json.loads(summary_path.read_text())
+  summary_path.write_text(json.dumps({**summary, "class_names": names}))
+  fits = 10 * int(kept[kept > 0].min())
+  out = tmp_path / "out"
+  with pytest.raises(ValueError) as error:
+    filter_phase.filter_and_balance_phase(str(tmp_path / "predictions"), None, str(out),
+                                          filter_balance.FilterRule(images_per_class=fits + 1))
+  smallest = names[int(np.flatnonzero(kept == kept[kept > 0].min())[0])]
+  assert str(error.value).startswith(f"--images_per_class={fits + 1} would fill class "
+                                     f"{smallest!r}")
+  assert f"--images_per_class={fits} fits" in str(error.value)
+  assert not out.exists()
+  # Without copies nothing is filled, so nothing is refused; with the value named, it runs.
+  filter_phase.filter_and_balance_phase(
+      str(tmp_path / "predictions"), None, str(out),
+      filter_balance.FilterRule(images_per_class=fits + 1, duplicate=False))
+  stats = filter_phase.filter_and_balance_phase(
+      str(tmp_path / "predictions"), None, str(out), filter_balance.FilterRule(
+          images_per_class=fits))
+  per_class = stats["per_class"]
+  assert per_class["with_copies"] == [fits if k else 0 for k in kept.tolist()]
+  assert all(w <= 10 * k for w, k in zip(per_class["with_copies"], per_class["kept_unique"]))
+  assert stats["class_names"] == names
+
+
+def test_phase_refuses_a_target_beyond_ten_times_every_image_before_reading_them(tmp_path):
+  _write_inputs(tmp_path, shard_sizes=(9, 14))
+  (tmp_path / "predictions" / "extra-00000-of-00002.tfrecord").write_bytes(b"not read")
+  with pytest.raises(ValueError) as error:
+    filter_phase.filter_and_balance_phase(str(tmp_path / "predictions"), None,
+                                          str(tmp_path / "out"), filter_balance.FilterRule())
+  assert str(error.value) == (
+      "--images_per_class=130000 is more than 10x the 23 unlabeled images (a class is filled to "
+      "at most 10x its kept images): try --images_per_class=5, an even share of them for each "
+      "of 4 classes")

@@ -98,8 +98,8 @@ def test_teacher_predict_filter_student_eval(converted, tmp_path, plot_labels):
   metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
   assert metrics["num_examples"] == 30
   assert set(metrics) >= {"top1", "top5", "loss", "per_class_accuracy"}
-  assert plot_labels["per_class_accuracy.png"][0][0] == [
-      CLASS_NAMES[int(c)] for c in metrics["per_class_accuracy"]]
+  assert sorted(metrics["per_class_accuracy"]) == sorted(CLASS_NAMES)   # keyed by name
+  assert plot_labels["per_class_accuracy.png"][0][0] == list(metrics["per_class_accuracy"])
   # The train run's own evaluation (EMA weights) and the eval mode agree.
   assert metrics["top1"] == pytest.approx(student["eval"]["top1"])
   assert not list(tmp_path.rglob(".tmp-*"))
@@ -295,18 +295,23 @@ def test_layers_point_one_way():
         assert top not in forbidden, f"{path} imports {name}"
 
 
-def test_iterate_table_gives_each_rounds_top1_and_its_change_over_the_teacher():
+def test_iterate_table_gives_each_rounds_change_over_its_own_teacher_and_round_0():
   """The table iterate prints and saves: the benchmark's seed-0 figures, worked by hand."""
   from noisy_student.phases import iterate  # pylint: disable=g-import-not-at-top
-  rounds = [{"round": 0, "role": "teacher", "model": "efficientnet-b0", "top1": 0.816},
-            {"round": 1, "role": "student", "model": "efficientnet-b0", "top1": 0.8261},
-            {"round": 2, "role": "student", "model": "efficientnet-b1", "top1": 0.8265}]
+  rounds = [{"round": 0, "role": "teacher", "model": "efficientnet-b0", "top1": 0.816,
+             "eval_image_size": 32},
+            {"round": 1, "role": "student", "model": "efficientnet-b0", "top1": 0.8261,
+             "eval_image_size": 32},
+            {"round": 2, "role": "student", "model": "efficientnet-b1", "top1": 0.8265,
+             "eval_image_size": 48}]
   header, *rows = iterate.summary_table(rounds)
-  assert header.split() == ["round", "role", "model", "top-1", "%", "vs", "teacher"]
+  assert header.split() == ["round", "role", "model", "size", "top-1", "%", "vs", "teacher",
+                            "vs", "round", "0"]
   assert [row.split() for row in rows] == [
-      ["0", "teacher", "efficientnet-b0", "81.60"],
-      ["1", "student", "efficientnet-b0", "82.61", "+1.01"],
-      ["2", "student", "efficientnet-b1", "82.65", "+1.05"]]
+      ["0", "teacher", "efficientnet-b0", "32", "81.60"],
+      # Round 2 against its own teacher (round 1: +0.04), and against round 0 (+1.05).
+      ["1", "student", "efficientnet-b0", "32", "82.61", "+1.01", "+1.01"],
+      ["2", "student", "efficientnet-b1", "48", "82.65", "+0.04", "+1.05"]]
   # Columns line up under the header.
   assert {len(row) for row in rows[1:]} == {len(header)}
 
@@ -389,15 +394,17 @@ def test_iterate_refuses_to_resume_a_workdir_under_other_settings(tmp_path, capl
   """A rerun may continue a run (same settings, or more rounds) but not reuse the finished
   phases of a run with other settings; a workdir from before the settings file only warns."""
   from noisy_student.phases import iterate  # pylint: disable=g-import-not-at-top
-  settings = {"teacher_config": {"epochs": 100, "seed": 0}, "student_models": ["efficientnet-b0"],
+  b0, b1 = ({"student": {"model": m, "unlabeled_batch_ratio": 1.0}} for m in
+            ("efficientnet-b0", "efficientnet-b1"))
+  settings = {"teacher_config": {"epochs": 100, "seed": 0}, "rounds": [b0],
               "filter_args": {"threshold": 0.3}, "labeled_data": "data/labeled"}
   iterate.check_settings(str(tmp_path), settings)
   iterate.check_settings(str(tmp_path), settings)  # the same command again: resumes
-  more_rounds = dict(settings, student_models=["efficientnet-b0", "efficientnet-b1"])
+  more_rounds = dict(settings, rounds=[b0, b1])
   iterate.check_settings(str(tmp_path), more_rounds)
   iterate.check_settings(str(tmp_path), settings)  # fewer rounds: a prefix of the run
   recorded = json.loads((tmp_path / iterate.SETTINGS).read_text())
-  assert recorded["student_models"] == ["efficientnet-b0", "efficientnet-b1"]
+  assert recorded["rounds"] == [b0, b1]
   changed = dict(settings, teacher_config={"epochs": 20, "seed": 0},
                  filter_args={"threshold": 0.5})
   with pytest.raises(ValueError) as raised:
@@ -406,8 +413,13 @@ def test_iterate_refuses_to_resume_a_workdir_under_other_settings(tmp_path, capl
   assert str(tmp_path) in message
   assert "teacher_config.epochs: 100 -> 20" in message
   assert "filter_args.threshold: 0.3 -> 0.5" in message and "seed" not in message
-  with pytest.raises(ValueError, match="student_models"):
-    iterate.check_settings(str(tmp_path), dict(settings, student_models=["efficientnet-b2"]))
+  with pytest.raises(ValueError, match=r"round 1 student.model: 'efficientnet-b0' -> "
+                     r"'efficientnet-b2'"):
+    iterate.check_settings(str(tmp_path), dict(settings, rounds=[
+        {"student": {"model": "efficientnet-b2", "unlabeled_batch_ratio": 1.0}}]))
+  with pytest.raises(ValueError, match=r"round 2 student.unlabeled_batch_ratio: 1.0 -> 2.0"):
+    iterate.check_settings(str(tmp_path), dict(settings, rounds=[
+        b0, {"student": {"model": "efficientnet-b1", "unlabeled_batch_ratio": 2.0}}]))
   assert json.loads((tmp_path / iterate.SETTINGS).read_text()) == recorded  # left as it was
 
   older = tmp_path / "older"
@@ -422,24 +434,54 @@ def test_iterate_refuses_to_resume_a_workdir_under_other_settings(tmp_path, capl
 @pytest.mark.parametrize("teacher_noise", [True, False])
 def test_iterate_teacher_noise_off_leaves_the_students_noised(monkeypatch, teacher_noise):
   """--noteacher_noise: the first teacher trains without RandAugment, Cutout, dropout or
-  stochastic depth; the students (the teacher's config with the overrides, as iterate builds
-  them) keep the noise flags."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
+  stochastic depth; the students (as iterate receives them) keep the noise flags."""
   from noisy_student.phases import iterate  # pylint: disable=g-import-not-at-top
   seen = {}
-  monkeypatch.setattr(iterate, "iterate", lambda teacher, students, workdir, **kwargs: (
-      seen.update(teacher=teacher, **kwargs), {"table": []})[1])
+  monkeypatch.setattr(iterate, "iterate", lambda teacher, rounds, workdir, **kwargs: (
+      seen.update(teacher=teacher, rounds=rounds), {"table": [], "rounds": []})[1])
   run("--mode=iterate", "--labeled_data=unused", "--iterations=1", "--epochs=3",
       "--student_epochs=2", "--randaugment_layers=2", "--randaugment_magnitude=9", "--cutout",
-      "--dropout_rate=0.3", "--survival_prob=0.7", "--strategy=cpu",
+      "--dropout_rate=0.3", "--survival_prob=0.7", "--strategy=cpu", "--workdir=unused",
       f"--{'' if teacher_noise else 'no'}teacher_noise")
-  teacher = seen["teacher"]
-  student = dataclasses.replace(teacher, **seen["student_overrides"])
+  teacher, (only,) = seen["teacher"], seen["rounds"]
+  student = only.student
   noised = dict(randaugment_layers=2, cutout=True, dropout_rate=0.3, survival_prob=0.7)
   assert {k: getattr(student, k) for k in noised} == noised
   assert student.epochs == 2 and teacher.epochs == 3
   assert {k: getattr(teacher, k) for k in noised} == (noised if teacher_noise else dict(
       randaugment_layers=0, cutout=False, dropout_rate=0.0, survival_prob=1.0))
+
+
+def test_iterate_per_round_flags_give_each_round_its_values(monkeypatch):
+  """Per-round lists: one entry a round, one value for every round, 'none' for no fine-tune;
+  a fine-tune is the round's student at its size, length and frozen blocks."""
+  from noisy_student.phases import iterate  # pylint: disable=g-import-not-at-top
+  seen = {}
+  monkeypatch.setattr(iterate, "iterate", lambda teacher, rounds, workdir, **kwargs: (
+      seen.update(rounds=rounds), {"table": [], "rounds": []})[1])
+  run("--mode=iterate", "--labeled_data=unused", "--workdir=unused", "--iterations=3",
+      "--train_steps=10", "--strategy=cpu", "--image_size=32", "--unlabeled_batch_ratio=1",
+      "--student_models=efficientnet-b0,efficientnet-b1,efficientnet-b1",
+      "--student_image_sizes=32,40,48", "--unlabeled_batch_ratios=2,2,4",
+      "--student_train_steps=20", "--student_init=scratch,teacher,teacher",
+      "--finetune_image_size=none,0,64", "--finetune_steps=5", "--freeze_blocks=3")
+  rounds = seen["rounds"]
+  assert [(r.student.model, r.student.image_size, r.student.unlabeled_batch_ratio, r.init)
+          for r in rounds] == [("efficientnet-b0", 32, 2.0, "scratch"),
+                               ("efficientnet-b1", 40, 2.0, "teacher"),
+                               ("efficientnet-b1", 48, 4.0, "teacher")]
+  assert {r.student.train_steps for r in rounds} == {20}
+  assert [r.finetune is None for r in rounds] == [True, True, False]
+  tune = rounds[2].finetune
+  assert (tune.image_size, tune.train_steps, tune.freeze_blocks, tune.model) == (
+      64, 5, 3, "efficientnet-b1")
+  with pytest.raises(SystemExit, match="--unlabeled_batch_ratios lists 2 values for "
+                     "--iterations=3"):
+    run("--mode=iterate", "--labeled_data=unused", "--workdir=unused", "--iterations=3",
+        "--train_steps=10", "--strategy=cpu", "--unlabeled_batch_ratios=2,4")
+  with pytest.raises(SystemExit, match="round 1 fine-tunes at 64: give exactly one of"):
+    run("--mode=iterate", "--labeled_data=unused", "--workdir=unused", "--iterations=1",
+        "--train_steps=10", "--strategy=cpu", "--finetune_image_size=64")
 
 
 def test_every_flag_says_which_modes_read_it():
@@ -507,3 +549,93 @@ def test_benchmark_true_label_copy_keeps_images_and_order_and_only_fixes_labels(
   manifest = json.loads((tmp_path / "true" / "manifest.json").read_text())
   assert manifest["splits"]["train"]["class_counts"] == [1, 2, 2]  # k0; k1 k1; k5 k2
   assert out == str(tmp_path / "true")
+
+
+def _listed_flags(help_text):
+  return {m.group(1) for m in re.finditer(r"^  --(\w+) \(", help_text, re.MULTILINE)}
+
+
+def test_help_lists_the_modes_and_every_flag_and_one_modes_flags_with_mode():
+  """--help exits 0 with main.py's flags only (none of absl's or TensorFlow's), by section; with
+  --mode=MODE exactly the flags READ_BY says that mode reads."""
+  def main_py(*args):
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True,
+                          text=True, timeout=300)
+  full = main_py("--help")
+  assert full.returncode == 0, full.stderr
+  defined = {f.name for f in flags.FLAGS.get_flags_for_module(main)}
+  assert _listed_flags(full.stdout) == defined
+  assert all(f"  {mode} " in full.stdout for mode in main.MODES)
+  for mode in ("filter", "iterate"):
+    one = main_py("--mode", mode, "--help")
+    assert one.returncode == 0, one.stderr
+    assert _listed_flags(one.stdout) == {n for n, modes in main.FLAG_MODES.items()
+                                         if mode in modes}
+  bad = main_py("--help", "--mode=fliter")
+  assert bad.returncode and "--mode=fliter is not a mode" in bad.stderr
+
+
+# What each mode is run with by the flag-read recording below: enough flags to take every branch
+# that reads a flag (a teacher checkpoint for iterate, a table for predict, robustness for eval).
+_MODE_RUNS = {
+    "convert": [["--input=x", "--output=o", "--labeled_per_class=1"]],
+    "train": [["--labeled_data=l", "--workdir=w", "--train_steps=1"]],
+    "finetune": [["--labeled_data=l", "--workdir=w", "--train_steps=1", "--init_checkpoint=c"]],
+    "predict": [["--unlabeled_data=u", "--checkpoint=c", "--output=o",
+                 "--predictions_format=jsonl"]],
+    "filter": [["--unlabeled_data=u", "--predictions=p", "--output=o"]],
+    "eval": [["--eval_data=e", "--checkpoint=c", "--output=o", "--robustness=flip"]],
+    "iterate": [["--labeled_data=l", "--workdir=w", "--train_steps=1", "--teacher_checkpoint=t"],
+                ["--labeled_data=l", "--workdir=w", "--train_steps=1", "--teacher_epochs=1",
+                 "--finetune_image_size=64", "--finetune_steps=1"]],
+    "beam": [["--unlabeled_data=u", "--checkpoint=c", "--output=o"]],
+    "export": [["--checkpoint=c", "--output=o"]],
+}
+
+
+def test_each_mode_reads_exactly_the_flags_its_table_says(monkeypatch):
+  """READ_BY, which the strict check and --help use, against the flags each mode's code reads:
+  every mode run with its phases replaced by mocks (only main.py reads flags: the phases take
+  arguments), every flag access recorded. Each run also passes --dry_run where the mode reads
+  it, so both paths of train and iterate are read."""
+  from unittest import mock  # pylint: disable=g-import-not-at-top
+  from noisy_student.phases import export, prediction_table  # pylint: disable=g-import-not-at-top
+  for module, names in (
+      (main.convert, ["convert"]), (main.subsets, ["split_labeled"]),
+      (main.train, ["train", "dry_run"]), (main.predict, ["predict_phase"]),
+      (prediction_table, ["save_prediction_table"]),
+      (main.filter_phase, ["filter_and_balance_phase"]),
+      (main.evaluate, ["eval_phase"]), (main.robustness, ["robustness_phase"]),
+      (main.iterate, ["iterate", "plan_iterate"]), (export, ["export_phase"]),
+      (main.checkpoints, ["load_model", "eval_preprocessing", "load_run_config",
+                          "load_class_names"]),
+      (main.distribute, ["build_strategy"]), (main.manifest, ["load_manifest", "class_names_for"]),
+      (main.filter_balance, ["return_freed_memory_promptly"])):
+    for name in names:
+      monkeypatch.setattr(module, name, mock.MagicMock(name=name))
+  beam = mock.MagicMock()
+  monkeypatch.setitem(sys.modules, "noisy_student.phases.beam_pipeline", beam)
+  monkeypatch.setattr("noisy_student.phases.beam_pipeline", beam, raising=False)
+  read = set()
+  get_attr, get_item = flags.FlagValues.__getattr__, flags.FlagValues.__getitem__
+  monkeypatch.setattr(flags.FlagValues, "__getattr__",
+                      lambda self, name: (read.add(name), get_attr(self, name))[1])
+  monkeypatch.setattr(flags.FlagValues, "__getitem__",
+                      lambda self, name: (read.add(name), get_item(self, name))[1])
+  monkeypatch.setattr(main, "_report_plan", lambda plan: None)
+  monkeypatch.setattr(main, "check_main_input", lambda: None)
+  defined = {f.name for f in flags.FLAGS.get_flags_for_module(main)}
+  for mode, runs in _MODE_RUNS.items():
+    seen = set()
+    for args in runs:
+      for dry in ([], ["--dry_run"]) if mode in main.FLAG_MODES["dry_run"] else ([],):
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["main.py", f"--mode={mode}", "--strategy=cpu", *args, *dry])
+        read.clear()
+        main._MODES[mode]()  # pylint: disable=protected-access
+        seen |= read & defined
+    declared = {name for name, modes in main.FLAG_MODES.items() if mode in modes}
+    # main() itself reads --mode for every mode.
+    assert seen | {"mode"} == declared, (
+        f"--mode={mode}: read but not in READ_BY: {sorted(seen - declared)}; in READ_BY but "
+        f"never read: {sorted(declared - seen - {'mode'})}")

@@ -126,7 +126,23 @@ def test_save_metrics_writes_the_confusion_matrix_and_reliability_plots(tmp_path
       (str(c) for c in np.array(metrics["confusion_matrix"]).ravel() if c), key=int)
   (_, _, legend), _ = figures["reliability.png"]
   assert "filter threshold 0.3" in legend
-  assert json.loads((tmp_path / "metrics.json").read_text())["ece"] == metrics["ece"]
+  saved = json.loads((tmp_path / "metrics.json").read_text())
+  assert saved["ece"] == metrics["ece"]
+  # Per-class accuracy by name, in metrics.json and on the plot: each name's value is its index's.
+  assert saved["per_class_accuracy"] == {names[int(c)]: value
+                                         for c, value in metrics["per_class_accuracy"].items()}
+  (ticks, _, _), = figures["per_class_accuracy.png"]
+  assert ticks == list(saved["per_class_accuracy"])
+
+
+@pytest.mark.parametrize("names", [None, ["a", "a", "b"]])
+def test_per_class_keys_stay_class_numbers_without_one_name_per_class(tmp_path, names):
+  logits, labels = _random_logits(5, num_classes=3)
+  metrics = evaluate.classification_metrics(logits, labels)
+  evaluate.save_metrics(metrics, str(tmp_path), class_names=names)
+  saved = json.loads((tmp_path / "metrics.json").read_text())
+  assert saved["per_class_accuracy"] == metrics["per_class_accuracy"]
+  assert sorted(saved["per_class_accuracy"]) == sorted({str(c) for c in labels})
 
 
 # Filter: the grid of sample pseudo-labeled images.

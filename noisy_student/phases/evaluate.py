@@ -4,7 +4,9 @@ calibration (ECE, reliability diagram) of a model on an eval split, all from one
 import dataclasses
 import json
 import os
+import time
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -18,6 +20,7 @@ from noisy_student import inference
 # Equal-width confidence bins of [0, 1] for the ECE and the reliability diagram. With 10, the
 # filter's threshold, 0.3, is a bin edge: the bins above it are exactly the images it keeps.
 CALIBRATION_BINS = 10
+PROGRESS_SECONDS = 10  # how often a long eval logs its rate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,25 +141,31 @@ def scalar_metrics(metrics):
   return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
 
 
-def predict_logits(model, dataset, *, strategy=None, jit_compile=False):
+def predict_logits(model, dataset, *, strategy=None, jit_compile=False, name="eval"):
   """Logits and labels over a batched (image, label) dataset, inference mode, every batch at the
-  first's size (`inference.InferenceStep`) under `strategy`."""
-  step, logits, labels = None, [], []
+  first's size (`inference.InferenceStep`) under `strategy`. Logs `name`'s images and rate
+  every PROGRESS_SECONDS (a large eval set is otherwise minutes of silence)."""
+  step, logits, labels, count, start = None, [], [], 0, time.perf_counter()
   for images, batch_labels in dataset:
     if step is None:  # the first batch of a batched dataset is its largest
       step = inference.InferenceStep(model, images.shape[0], strategy=strategy,
                                      jit_compile=jit_compile)
     logits.append(step(images))
     labels.append(batch_labels.numpy())
+    count += len(labels[-1])
+    logging.log_every_n_seconds(logging.INFO, "%s: %d images, %.1f images/s", PROGRESS_SECONDS,
+                                name, count, count / max(time.perf_counter() - start, 1e-9))
   if not logits:
     raise ValueError("the eval data yielded no examples")
+  logging.info("%s: %d images, %.1f images/s (done)", name, count,
+               count / max(time.perf_counter() - start, 1e-9))
   return np.concatenate(logits), np.concatenate(labels)
 
 
-def evaluate(model, dataset, *, strategy=None, jit_compile=False):
+def evaluate(model, dataset, *, strategy=None, jit_compile=False, name="eval"):
   """Metrics of `model` (EMA weights, inference mode) on a batched (image, label) dataset."""
   return classification_metrics(*predict_logits(model, dataset, strategy=strategy,
-                                                jit_compile=jit_compile))
+                                                jit_compile=jit_compile, name=name))
 
 
 def evaluate_data(model, data, prep, config=None, *, strategy=None):
@@ -166,7 +175,23 @@ def evaluate_data(model, data, prep, config=None, *, strategy=None):
   config = config or EvalConfig()
   return evaluate(model, pipeline.eval_dataset(data, prep, batch_size=config.batch_size),
                   strategy=strategy, jit_compile=distribute.jit_compile(config.jit_compile,
-                                                                        strategy))
+                                                                        strategy),
+                  name=f"eval {data}")
+
+
+def headline(metrics, data):
+  """The line a finished eval logs: top-1 and top-5 in percent, the loss and the image count."""
+  return (f"eval {data}: top-1 {100 * metrics['top1']:.2f}%, top-5 {100 * metrics['top5']:.2f}%, "
+          f"loss {metrics['loss']:.4f} on {metrics['num_examples']} images")
+
+
+def named_per_class(per_class, class_names):
+  """`per_class` ({class index as a string: value}) keyed by class name instead, when
+  `class_names` names every class once (two classes of one name would collide); else as is."""
+  if (not class_names or len(set(class_names)) != len(class_names)
+      or any(int(k) >= len(class_names) for k in per_class)):
+    return per_class
+  return {str(class_names[int(k)]): v for k, v in per_class.items()}
 
 
 def check_eval_sets(num_classes, **data):
@@ -198,15 +223,22 @@ def eval_phase(model, prep, output_dir, *, eval_data, validation_data=None, conf
       (eval mode's robustness results).
     confidence_threshold: the filter's, marked on the reliability diagram (for a teacher, how
       right its pseudo labels above the threshold are).
+
+  Returns:
+    The metrics as metrics.json holds them: per_class_accuracy keyed by class name when
+    `class_names` names the classes (`named_per_class`), else by class index.
   """
   metrics = evaluate_data(model, eval_data, prep, config, strategy=strategy)
+  logging.info("%s", headline(metrics, eval_data))
   if validation_data:
     metrics["validation"] = scalar_metrics(
         evaluate_data(model, validation_data, prep, config, strategy=strategy))
+    logging.info("%s", headline(metrics["validation"], validation_data))
   if extra is not None:
     metrics.update(extra(metrics))
   save_metrics(metrics, output_dir, class_names=class_names,
                confidence_threshold=confidence_threshold)
+  metrics["per_class_accuracy"] = named_per_class(metrics["per_class_accuracy"], class_names)
   return metrics
 
 
@@ -225,15 +257,17 @@ def metrics_json(metrics):
 def save_metrics(metrics, output_dir, name="metrics.json", class_names=None,
                  confidence_threshold=filter_balance.FilterRule.threshold):
   """Writes metrics.json and its plots beside it: per-class accuracy, the confusion matrix and
-  the reliability diagram (classes named by `class_names`, else by index)."""
+  the reliability diagram, classes named by `class_names`, else by index (metrics.json's
+  per_class_accuracy too: `metrics`' is keyed by class index)."""
   from noisy_student import plots  # pylint: disable=g-import-not-at-top  (matplotlib is slow)
   tf.io.gfile.makedirs(output_dir)
   path = os.path.join(output_dir, name)
+  metrics = dict(metrics, per_class_accuracy=named_per_class(metrics["per_class_accuracy"],
+                                                             class_names))
   records.write_text_atomically(path, metrics_json(metrics))
   plots.per_class_accuracy(metrics["per_class_accuracy"],
                            os.path.join(output_dir, "per_class_accuracy.png"),
-                           title=f"per-class top-1 (overall {metrics['top1']:.4f})",
-                           class_names=class_names)
+                           title=f"per-class top-1 (overall {metrics['top1']:.4f})")
   if "confusion_matrix" in metrics:
     plots.confusion_matrix(metrics["confusion_matrix"],
                            os.path.join(output_dir, "confusion_matrix.png"),

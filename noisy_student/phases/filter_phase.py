@@ -85,7 +85,7 @@ class SoftLabel:
 
 def filter_and_balance_phase(predictions, unlabeled_data, output_dir,
                              rule=filter_balance.FilterRule(), *, num_shards=None,
-                             num_classes=None, batch_size=1024):
+                             num_classes=None, batch_size=1024, class_names=None):
   """Filters pseudo labels by confidence, balances classes, and writes training shards.
 
   Args:
@@ -103,35 +103,49 @@ def filter_and_balance_phase(predictions, unlabeled_data, output_dir,
     num_classes: C; None: from summary.json or the width of `probabilities` (required for top-k
       predictions without summary.json).
     batch_size: records per tf.data batch when reading.
+    class_names: the classes' names for the manifest, stats.json, plots and messages; None:
+      summary.json's (the teacher's, when predict recorded them), else the unlabeled data's
+      manifest's, else the class numbers.
 
   Returns:
     The stats dict written to stats.json.
 
   Raises:
     ValueError: bad arguments, shards that do not pair up (count or key mismatch, naming both
-      files and the record index), or unreadable prediction records.
+      files and the record index), unreadable prediction records, or a target that fills a
+      class beyond filter_balance.MAX_FILL_FACTOR times its kept records (checked once the
+      predictions are counted, before anything is written; `check_images_per_class` before
+      that when summary.json gives the image count).
   """
   if num_shards is not None and int(num_shards) < 1:
     raise ValueError(f"num_shards must be >= 1 or None, got {num_shards!r}")
   pairs, summary = _resolve_pairs(predictions, unlabeled_data)
+  classes = num_classes or (summary or {}).get("num_classes")
+  if classes and all(pair.count is not None for pair in pairs):  # before reading a record
+    filter_balance.check_images_per_class(rule, sum(pair.count for pair in pairs), classes)
   first_predictions = _first_records([pair.prediction for pair in pairs])
   soft = _soft_label_format(pairs, first_predictions)
   _check_first_keys(pairs, first_predictions)
   num_classes = _num_classes(num_classes, summary, soft)
+  class_names = _class_names(class_names, summary, pairs, num_classes)
   selector = filter_balance.Selector(num_classes, rule)
   histogram = np.zeros((num_classes, HISTOGRAM_BINS), np.int64)
   counts = scan_predictions(pairs, soft, num_classes, selector, batch_size, histogram)
   selection = selector.result()
+  if rule.duplicate:
+    refusal = filter_balance.fill_limit_error(selection.kept_unique, rule.images_per_class,
+                                              class_names)
+    if refusal:
+      raise ValueError(refusal)
   if selection.empty_classes:
     logging.warning("filter: %d classes have no kept record and stay empty: %s",
-                    len(selection.empty_classes), selection.empty_classes[:20])
+                    len(selection.empty_classes),
+                    ", ".join(class_names[c] if class_names else str(c)
+                              for c in selection.empty_classes[:20]))
   samples = report_samples(selection, seed=rule.seed)
   shard_names, sampled = _write_training_shards(
       pairs, counts, selection, soft, output_dir, num_shards, rule.seed, batch_size,
       sample_ids=np.concatenate([ids for _, ids in samples] + [np.zeros(0, np.int64)]))
-  # The unlabeled data's manifest names the classes when it came from labeled data (as the
-  # converter's splits do); the filter's manifest and plots carry the names on.
-  class_names = manifest_lib.class_names_for(pairs[0].unlabeled, num_classes)
   stats = save_summaries(output_dir, pairs, counts, selection, soft, shard_names, class_names)
   plots.confidence_histograms(histogram, os.path.join(output_dir, "confidence_per_class.png"),
                               threshold=rule.threshold, class_names=class_names)
@@ -141,6 +155,17 @@ def filter_and_balance_phase(predictions, unlabeled_data, output_dir,
       [(label, [_decoded_sample(sampled[i]) for i in ids]) for label, ids in samples],
       os.path.join(output_dir, SAMPLES_PLOT), threshold=rule.threshold, class_names=class_names)
   return stats
+
+
+def _class_names(given, summary, pairs, num_classes):
+  """The names the filter's outputs carry on: `given`, else the teacher's from summary.json,
+  else those of the unlabeled data's manifest (when it came from labeled data, as the
+  converter's splits do); None when none names `num_classes` classes."""
+  for names in (given, (summary or {}).get("class_names"),
+                manifest_lib.class_names_for(pairs[0].unlabeled, num_classes)):
+    if names and len(names) == num_classes:
+      return [str(name) for name in names]
+  return None
 
 
 def report_samples(selection, per_end=SAMPLES_PER_END, max_classes=SAMPLE_CLASSES, seed=0):
@@ -493,9 +518,27 @@ def save_summaries(output_dir, pairs, counts, selection, soft, shard_names, clas
     if tf.io.gfile.exists(os.path.join(output_dir, name)):
       tf.io.gfile.remove(os.path.join(output_dir, name))
   stats = selection.stats()
+  if class_names:  # the per-class lists are in this order
+    stats["class_names"] = list(class_names)
   stats.update(num_records_read=int(sum(counts)), num_records_written=selection.num_records,
                num_shards=len(shard_names), soft_label=soft_label,
                inputs=[{"prediction": p.prediction, "unlabeled": p.unlabeled, "count": n}
                        for p, n in zip(pairs, counts)])
   records.write_text_atomically(os.path.join(output_dir, STATS), json.dumps(stats, indent=2) + "\n")
   return stats
+
+
+def count_selection(predictions, unlabeled_data, rule=filter_balance.FilterRule(), *,
+                    num_classes=None, batch_size=1024):
+  """The totals `filter_and_balance_phase` would write (stats.json's "totals": before and after
+  the threshold, kept, with copies), from the same pass over the predictions, writing nothing:
+  what `--dry_run` reports once predictions exist."""
+  pairs, summary = _resolve_pairs(predictions, unlabeled_data)
+  first_predictions = _first_records([pair.prediction for pair in pairs])
+  soft = _soft_label_format(pairs, first_predictions)
+  _check_first_keys(pairs, first_predictions)
+  num_classes = _num_classes(num_classes, summary, soft)
+  selector = filter_balance.Selector(num_classes, rule)
+  histogram = np.zeros((num_classes, HISTOGRAM_BINS), np.int64)
+  scan_predictions(pairs, soft, num_classes, selector, batch_size, histogram)
+  return selector.result().stats()["totals"]
