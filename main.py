@@ -223,16 +223,35 @@ flags.DEFINE_list("beam_options", [], "beam: Apache Beam pipeline options, comma
                   "commas in double quotes (default: the in-process FnApiRunner).")
 
 # eval robustness.
-flags.DEFINE_list("robustness", [], f"eval: any of {', '.join(ROBUSTNESS)}.")
-flags.DEFINE_string("robustness_baseline", None, "eval: a robustness.json whose corruption "
-                    "errors normalise mCE (e.g. the teacher's).")
+flags.DEFINE_list("robustness", [], "eval: any of corruptions, perturbations, fgsm (made from "
+                  "--eval_data's split on the fly; mCE and mFR relative to --robustness_baseline) "
+                  "and the released sets with a 1,000-class ImageNet model, normalised by "
+                  "AlexNet as published: imagenet_a (--eval_data is ImageNet-A's <wnid>/ folders; "
+                  "top-1 over its 200 classes' logits), imagenet_c (--corrupted_data), imagenet_p "
+                  "(--perturbed_data). The paper's L2: ImageNet-A top-1 83.7%, mCE 28.3, mFR 12.2 "
+                  "(Xie et al. 2020, abstract). E.g. --mode=eval --robustness=imagenet_a "
+                  "--eval_data=imagenet-a --checkpoint=gs://cloud-tpu-checkpoints/efficientnet/"
+                  "noisystudent/noisy_student_efficientnet-l2 --checkpoint_format=reference "
+                  "--model=efficientnet-l2.")
+flags.DEFINE_string("robustness_baseline", None, "eval: a robustness.json (or metrics.json) "
+                    "whose results normalise this model's (e.g. the teacher's): mCE and mFR of "
+                    "the generated kinds, vs_baseline of imagenet_c and imagenet_p.")
 flags.DEFINE_enum("corruption_table", "auto", ["auto", *corruptions.SEVERITY_TABLES],
                   "eval: corruption severities: CIFAR-10-C's (32 px) or ImageNet-C's (224 px); "
                   "auto picks by the model's input size (ImageNet-C's from 128 px).")
-flags.DEFINE_string("corrupted_data", None, "eval: root of a pre-made corrupted set in the "
-                    "ImageNet-C layout (<corruption>/<severity 1-5>/<class>/<images>); each folder "
-                    "is converted once and evaluated uncropped; errors and mCE (against "
-                    "--robustness_baseline) go into robustness.json.")
+flags.DEFINE_string("corrupted_data", None, "eval: with --robustness=imagenet_c, ImageNet-C "
+                    "as released (<corruption>/<severity 1-5>/<wnid>/<images>): top-1 error per "
+                    "corruption and severity, CE and mCE over the 15 (AlexNet = 1; the 4 extra "
+                    "beside), e.g. --robustness=imagenet_c --corrupted_data=ImageNet-C and the "
+                    "checkpoint flags of --robustness. Without imagenet_c: a pre-made set of "
+                    "--eval_data's classes in that layout (errors; mCE against "
+                    "--robustness_baseline). Images are evaluated uncropped.")
+flags.DEFINE_string("perturbed_data", None, "eval: with --robustness=imagenet_p, ImageNet-P as "
+                    "released (<perturbation>/<wnid>/<image>.mp4, read with PyAV: pip install "
+                    "'noisy-student-tf[video]'; or .npy frames): flip probability and top-5 "
+                    "distance per perturbation, FR/mFR and T5D/mT5D over the 10 (AlexNet = 1; the "
+                    "4 extra beside), e.g. --robustness=imagenet_p --perturbed_data=ImageNet-P and "
+                    "the checkpoint flags of --robustness.")
 flags.DEFINE_list("fgsm_epsilons", ["1", "2", "4", "8"], "eval: FGSM epsilons, 0-255 scale.")
 
 # iterate.
@@ -478,30 +497,45 @@ def _manifest_classes(data):
 
 def run_eval():
   config, strategy = eval_config(), _strategy()
-  model = _model_for(FLAGS.checkpoint, _manifest_classes(FLAGS.eval_data), strategy)
+  robustness.check_inputs(FLAGS.robustness, eval_data=FLAGS.eval_data,
+                          corrupted_data=FLAGS.corrupted_data, perturbed_data=FLAGS.perturbed_data)
+  # With --robustness=imagenet_a, --eval_data is ImageNet-A's folders: no split to score as usual.
+  clean = robustness.clean_eval_data(FLAGS.robustness, FLAGS.eval_data)
+  model = _model_for(FLAGS.checkpoint, _manifest_classes(clean) if clean else FLAGS.num_classes,
+                     strategy)
   prep = _preprocess_for(FLAGS.checkpoint, model)
   output = FLAGS.output or FLAGS.workdir
   # None for a glob, or a manifest without names for the model's classes.
-  class_names = manifest.class_names_for(FLAGS.eval_data, model.output_shape[-1])
+  class_names = manifest.class_names_for(clean, model.output_shape[-1]) if clean else None
 
-  def robustness_results(unused_metrics):
+  def robustness_results(metrics):
     if not (FLAGS.robustness or FLAGS.corrupted_data):
       return {}
-    # The pre-made set's labels follow the clean eval set's class names when it has them.
+    # The pre-made set's labels follow the clean eval set's class names when it has them; an
+    # ImageNet model's clean error gives ImageNet-C's relative mCE.
+    clean_error = (1 - metrics["top1"] if metrics and model.output_shape[-1] ==
+                   robustness.IMAGENET_CLASSES else None)
     return {"robustness": robustness.robustness_phase(
         model, FLAGS.eval_data, prep, output, FLAGS.robustness,
         baseline=FLAGS.robustness_baseline, epsilons=[float(e) for e in FLAGS.fgsm_epsilons],
         batch_size=FLAGS.inference_batch_size, seed=FLAGS.seed, table=FLAGS.corruption_table,
-        corrupted_data=FLAGS.corrupted_data, class_names=class_names)}
+        corrupted_data=FLAGS.corrupted_data, perturbed_data=FLAGS.perturbed_data,
+        class_names=class_names, clean_error=clean_error, strategy=strategy,
+        jit_compile=distribute.jit_compile(config.jit_compile, strategy))}
 
-  # Robustness goes into metrics.json too, so that a metrics.json can serve as a baseline.
-  metrics = evaluate.eval_phase(model, prep, output, eval_data=FLAGS.eval_data,
-                                validation_data=FLAGS.validation_data, config=config,
-                                strategy=strategy, class_names=class_names,
-                                extra=robustness_results)
-  shown = {k: metrics[k] for k in ("top1", "top5", "loss", "num_examples")}
-  if "validation" in metrics:
-    shown["validation_top1"] = metrics["validation"]["top1"]
+  shown = {}
+  if clean:
+    # Robustness goes into metrics.json too, so that a metrics.json can serve as a baseline.
+    metrics = evaluate.eval_phase(model, prep, output, eval_data=clean,
+                                  validation_data=FLAGS.validation_data, config=config,
+                                  strategy=strategy, class_names=class_names,
+                                  extra=robustness_results)
+    shown = {k: metrics[k] for k in ("top1", "top5", "loss", "num_examples")}
+    if "validation" in metrics:
+      shown["validation_top1"] = metrics["validation"]["top1"]
+  else:
+    metrics = robustness_results(None)
+  shown.update(robustness.headline(metrics.get("robustness", {})))
   _print(shown)
 
 
@@ -573,7 +607,8 @@ READ_BY = {
     "confidence_threshold images_per_class balance duplicate_to_balance": ("filter", "beam",
                                                                             "iterate"),
     "beam_options": ("beam",),
-    "robustness robustness_baseline corruption_table corrupted_data fgsm_epsilons": ("eval",),
+    "robustness robustness_baseline corruption_table corrupted_data perturbed_data "
+    "fgsm_epsilons": ("eval",),
     "iterations student_models teacher_epochs student_epochs student_init teacher_noise "
     "teacher_checkpoint": ("iterate",),
 }
@@ -627,6 +662,8 @@ def check_main_input():
   `python main.py` failed on a missing manifest). Anything else missing is reported by the
   phase, naming its flag."""
   name = _MAIN_INPUT.get(FLAGS.mode)
+  if name == "eval_data" and not robustness.needs_eval_data(FLAGS.robustness):
+    name = None  # imagenet_c and imagenet_p alone read --corrupted_data and --perturbed_data
   value = FLAGS[name].value if name else None
   if name and not value:
     raise app.UsageError(

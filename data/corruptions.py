@@ -3,6 +3,7 @@
 Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
 Perturbations" (ICLR 2019), re-stated as TensorFlow ops so that corrupted copies of any evaluation
 set are made on the fly inside `tf.data`, deterministically given a seed, instead of downloaded.
+The released ImageNet-C and ImageNet-P files themselves are read by `data.released_sets`.
 
 Every function takes uint8 images, one `[H, W, 3]` or a batch `[B, H, W, 3]`, and returns uint8 of
 the same shape (perturbations add a frame axis). Randomness comes only from stateless ops: `seed` is
@@ -28,8 +29,6 @@ Severity parameters are the reference's, row by row (`SEVERITY_TABLES`): `"cifar
 
 import dataclasses
 import math
-import os
-import typing
 
 import numpy as np
 import tensorflow as tf
@@ -516,69 +515,3 @@ def _bind_perturbation(name):
 
 # name -> fn(image_uint8, num_frames, seed) -> uint8 frames [T, H, W, 3] (or [B, T, H, W, 3]).
 PERTURBATIONS = {name: _bind_perturbation(name) for name in _PERTURBATION_OPS}
-
-
-# ---- Pre-made sets in the ImageNet-C layout ------------------------------------------------------
-
-class CorruptedFolder(typing.NamedTuple):
-  corruption: str
-  severity: int
-  path: str
-
-
-def _visible_entries(path):
-  return sorted(e.rstrip("/") for e in tf.io.gfile.listdir(path) if not e.startswith("."))
-
-
-def list_corrupted_folders(root, corruptions=None):
-  """Lists `<root>/<corruption>/<severity>/` folders of a pre-made set (ImageNet-C, CIFAR-10-C
-  exported as images), each a labeled image folder (`<class>/*.jpeg`).
-
-  Checks the layout only down to the class folders (their images are the converter's job): every
-  visible entry of root is a corruption folder, holding severity folders named 1-5, each holding
-  the same class folders as every other. Hidden entries (".*") are ignored.
-
-  Args:
-    root: local or gs:// directory.
-    corruptions: names to keep (each must be present); None keeps all.
-
-  Returns:
-    `CorruptedFolder(corruption, severity, path)` tuples sorted by corruption, then severity.
-
-  Raises:
-    ValueError: naming the first path that does not fit the layout.
-  """
-  if not tf.io.gfile.isdir(root):
-    raise ValueError(f"{root}: not a directory")
-  names = _visible_entries(root)
-  if corruptions is not None:
-    missing = [name for name in corruptions if name not in names]
-    if missing:
-      raise ValueError(f"{os.path.join(root, missing[0])}: no such corruption folder")
-    names = [name for name in names if name in corruptions]
-  if not names:
-    raise ValueError(f"{root}: no corruption folders")
-  folders, classes, first = [], None, None
-  for name in names:
-    corruption_dir = os.path.join(root, name)
-    if not tf.io.gfile.isdir(corruption_dir):
-      raise ValueError(f"{corruption_dir}: expected a corruption folder, found a file")
-    severities = _visible_entries(corruption_dir)
-    if not severities:
-      raise ValueError(f"{corruption_dir}: no severity folders (expected 1-5)")
-    for severity in severities:
-      severity_dir = os.path.join(corruption_dir, severity)
-      if severity not in {str(s) for s in SEVERITIES} or not tf.io.gfile.isdir(severity_dir):
-        raise ValueError(f"{severity_dir}: expected only severity folders named 1-5")
-      found = _visible_entries(severity_dir)
-      files = [c for c in found if not tf.io.gfile.isdir(os.path.join(severity_dir, c))]
-      if not found or files:
-        raise ValueError(f"{severity_dir}: expected class folders"
-                         + (f", found file {files[0]!r}" if files else ", found none"))
-      if classes is None:
-        classes, first = found, severity_dir
-      elif found != classes:
-        odd = sorted(set(found) ^ set(classes))
-        raise ValueError(f"{severity_dir}: class folders differ from {first} (e.g. {odd[0]!r})")
-      folders.append(CorruptedFolder(name, int(severity), severity_dir))
-  return sorted(folders, key=lambda f: (f.corruption, f.severity))

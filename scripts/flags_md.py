@@ -39,7 +39,8 @@ GROUPS = (
      "predictions confidence_threshold images_per_class balance duplicate_to_balance"),
     ("beam: predict + filter as one Apache Beam pipeline", "beam_options"),
     ("eval: robustness",
-     "robustness robustness_baseline fgsm_epsilons corruption_table corrupted_data"),
+     "robustness robustness_baseline fgsm_epsilons corruption_table corrupted_data "
+     "perturbed_data"),
     ("iterate", "iterations student_models teacher_epochs student_epochs student_init "
      "teacher_noise teacher_checkpoint"),
 )

@@ -1,4 +1,7 @@
-"""Corruptions, perturbations, flip rate, mCE and FGSM, each against an independent oracle."""
+"""The robustness phase: corruptions, perturbations and FGSM generated from an eval split, a
+pre-made corrupted set, and ImageNet-A, -C and -P in their released layouts with a 1,000-class
+model, each against an independent oracle (NumPy, PIL, a hand-computed gradient; the published
+formulas restated in NumPy)."""
 
 import json
 import os
@@ -11,6 +14,7 @@ from scipy import ndimage
 import tensorflow as tf
 
 from data import corruptions
+from data import preprocess
 from noisy_student import plots
 from noisy_student.phases import robustness
 
@@ -291,42 +295,6 @@ def test_perturb_validates_num_frames_and_name():
   assert corruptions.PERTURBATIONS["rotate"](_dot(), 5, 0).shape == (5, 15, 15, 3)
 
 
-# ---- Pure summaries ----
-
-def test_flip_rate_on_hand_made_predictions():
-  assert robustness.flip_rate([[0, 0, 1, 1, 0]]) == 2 / 4
-  assert robustness.flip_rate([[0, 1, 1, 1]]) == 1 / 3
-  assert robustness.flip_rate([[0, 1, 1, 1]], compare_to="first") == 1.0
-  assert robustness.flip_rate([[0, 1, 0, 0]], compare_to="first") == 1 / 3
-  assert robustness.flip_rate([[0, 0, 0], [0, 1, 0]]) == 0.5
-  with pytest.raises(ValueError):
-    robustness.flip_rate([[1]])
-  with pytest.raises(ValueError):
-    robustness.flip_rate([[1, 2]], compare_to="last")
-
-
-def test_mean_corruption_error_against_hand_computation():
-  errors = {"a": {"1": 0.2, "2": 0.4}, "b": {"1": 0.1, "2": 0.3}}
-  baseline = {"a": {1: 0.4, 2: 0.8}, "b": {"1": 0.2, "2": 0.2, "3": 0.9}}
-  summary = robustness.mean_corruption_error(errors, baseline)
-  assert summary["corruption_error"] == pytest.approx({"a": 0.3, "b": 0.2})
-  assert summary["mean_error"] == pytest.approx(0.25)
-  assert summary["ce"] == pytest.approx({"a": 0.5, "b": 1.0})
-  assert summary["mce"] == pytest.approx(0.75)
-  assert "ce" not in robustness.mean_corruption_error(errors)
-  with pytest.raises(ValueError, match="no error for b at severity 2"):
-    robustness.mean_corruption_error(errors, {"a": baseline["a"], "b": {"1": 0.5}})
-
-
-def test_mean_flip_rate_against_hand_computation():
-  summary = robustness.mean_flip_rate({"rotate": 0.1, "scale": 0.3}, {"rotate": 0.2, "scale": 0.2})
-  assert summary["mean_flip_rate"] == pytest.approx(0.2)
-  assert summary["relative_flip_rates"] == pytest.approx({"rotate": 0.5, "scale": 1.5})
-  assert summary["mfr"] == pytest.approx(1.0)
-  with pytest.raises(ValueError, match="baseline's scale flip rate is 0"):
-    robustness.mean_flip_rate({"scale": 0.1}, {"scale": 0.0})
-
-
 # ---- Model-based evaluation ----
 
 def _linear_model(shape, weights, bias):
@@ -449,49 +417,7 @@ def test_evaluate_robustness_json_baseline_and_plot(tmp_path):
   assert os.listdir(tmp_path) == ["robustness.png"]
 
 
-# ---- Pre-made sets in the ImageNet-C layout ----
-
-def _make_tree(root, layout):
-  for corruption, severities in layout.items():
-    for severity, classes in severities.items():
-      for name in classes:
-        folder = root / corruption / str(severity) / name
-        folder.mkdir(parents=True)
-        (folder / "0.jpeg").write_bytes(b"")
-
-
-def test_list_corrupted_folders_enumerates_the_layout(tmp_path):
-  _make_tree(tmp_path, {"fog": {2: ["cat", "dog"], 1: ["cat", "dog"]},
-                        "contrast": {5: ["cat", "dog"]}})
-  (tmp_path / ".DS_Store").write_bytes(b"")
-  found = corruptions.list_corrupted_folders(str(tmp_path))
-  assert [(f.corruption, f.severity) for f in found] == [("contrast", 5), ("fog", 1), ("fog", 2)]
-  assert found[1].path == os.path.join(str(tmp_path), "fog", "1")
-  only = corruptions.list_corrupted_folders(str(tmp_path), corruptions=["fog"])
-  assert [f.severity for f in only] == [1, 2]
-
-
-@pytest.mark.parametrize("layout, extra_file, bad_path", [
-    ({"fog": {6: ["cat"]}}, None, "fog/6"),
-    ({"fog": {1: ["cat"], 2: ["cat", "dog"]}}, None, "fog/2"),
-    ({"fog": {1: ["cat"]}}, "fog/1/stray.jpeg", "fog/1"),
-    ({"fog": {1: ["cat"]}}, "README", "README"),
-])
-def test_list_corrupted_folders_names_the_malformed_path(tmp_path, layout, extra_file, bad_path):
-  _make_tree(tmp_path, layout)
-  if extra_file:
-    (tmp_path / extra_file).write_bytes(b"")
-  with pytest.raises(ValueError, match=os.path.join(str(tmp_path), bad_path)):
-    corruptions.list_corrupted_folders(str(tmp_path))
-
-
-def test_list_corrupted_folders_rejects_missing_root_and_corruption(tmp_path):
-  with pytest.raises(ValueError, match="not a directory"):
-    corruptions.list_corrupted_folders(str(tmp_path / "absent"))
-  _make_tree(tmp_path, {"fog": {1: ["cat"]}})
-  with pytest.raises(ValueError, match="snow: no such corruption folder"):
-    corruptions.list_corrupted_folders(str(tmp_path), corruptions=["snow"])
-
+# ---- Through main.py: a pre-made set of own classes and the released sets ----
 
 def test_table_follows_the_input_size_unless_named():
   assert robustness.table_for(32) == "cifar10-c"
@@ -557,3 +483,213 @@ def test_main_eval_of_a_premade_set_matches_the_model_on_the_decoded_images(tmp_
   student = json.loads((tmp_path / "student" / "robustness.json").read_text())["corrupted_data"]
   assert student["mce"] == pytest.approx(1.0)
   assert student["ce"] == {"fog": pytest.approx(1.0), "contrast": pytest.approx(1.0)}
+
+
+# ---- ImageNet-A, -C and -P as released, with a 1,000-class model ----
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255
+
+
+@pytest.fixture(scope="module")
+def imagenet_model(tmp_path_factory):
+  """A tiny 1,000-class EfficientNet at 32 px (ImageNet preprocessing: eval centre crop) and its
+  .keras file. The classifier's weights are scaled up so that top-1 margins sit far above float
+  rounding (at initialisation the features are ~1e-5)."""
+  import efficientnet  # pylint: disable=g-import-not-at-top
+  model = efficientnet.build_model("efficientnet-b0", 1000, image_size=32, width_coefficient=0.1,
+                                   depth_coefficient=0.1)
+  dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][-1]
+  kernel, bias = dense.get_weights()
+  rng = np.random.default_rng(0)
+  dense.set_weights([rng.normal(0, 1e5, kernel.shape).astype(np.float32), bias])
+  path = tmp_path_factory.mktemp("model") / "imagenet.keras"
+  model.save(path)
+  return model, str(path)
+
+
+def _oracle_logits(model, pixels):
+  """The model on uint8 pixels already at its input size, normalised with ImageNet's mean/std."""
+  return model.predict((np.asarray(pixels, np.float64) - IMAGENET_MEAN) / IMAGENET_STD,
+                       verbose=0).astype(np.float64)
+
+
+def _run_main(*args):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  import main  # pylint: disable=g-import-not-at-top
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["main.py", *args])
+  main.check_main_input()
+  main.main(["main.py"])
+
+
+def _printed(capsys):
+  out = capsys.readouterr().out
+  return json.loads(out[out.index("{"):])
+
+
+def test_imagenet_a_top1_is_over_its_200_classes_logits(tmp_path, imagenet_model, capsys):
+  from data import released_sets  # pylint: disable=g-import-not-at-top
+  model, checkpoint = imagenet_model
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (8, 64, 80, 3), np.uint8)
+  crops = images[:, 16:48, 24:56]  # the eval crop at 32 px: 32x32 at (16, 24), no resize
+  logits = _oracle_logits(model, crops)
+  indices = list(released_sets.imagenet_a_indices())
+  ids = released_sets.imagenet_a_wnids()
+  predicted = logits[:, indices].argmax(axis=1)
+  # Six images in the folder of their 200-class prediction, two in the next class's.
+  labels = np.where(np.arange(8) < 6, predicted, (predicted + 1) % 200)
+  for i, (image, label) in enumerate(zip(images, labels)):
+    (tmp_path / "imagenet-a" / ids[label]).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(tmp_path / "imagenet-a" / ids[label] / f"{i}.png")
+  (tmp_path / "imagenet-a" / "README.txt").write_text("ImageNet-A")
+  _run_main("--mode=eval", f"--checkpoint={checkpoint}", "--normalization=imagenet",
+            "--robustness=imagenet_a", f"--eval_data={tmp_path / 'imagenet-a'}",
+            f"--output={tmp_path / 'out'}", "--inference_batch_size=3")
+  result = json.loads((tmp_path / "out" / "robustness.json").read_text())["imagenet_a"]
+  ranks = (logits[:, indices] > logits[:, indices][np.arange(8), labels][:, None]).sum(axis=1)
+  assert result["top1"] == pytest.approx(0.75)
+  assert result["top5"] == pytest.approx(np.mean(ranks < 5))
+  assert result["num_examples"] == 8 and result["num_skipped"] == 0
+  # The argmax over all 1,000 logits would be another figure: that is why the 200 are picked.
+  assert np.mean(np.array(indices)[labels] == logits.argmax(axis=1)) != pytest.approx(0.75)
+  full = json.loads((tmp_path / "out" / "imagenet_a" / "metrics.json").read_text())
+  assert full["top1"] == result["top1"] and len(full["confusion_matrix"]) == 200
+  assert _printed(capsys)["imagenet_a_top1"] == pytest.approx(0.75)
+
+
+def test_imagenet_c_ce_and_mce_as_published(tmp_path, imagenet_model, capsys):
+  from data import released_sets  # pylint: disable=g-import-not-at-top
+  from noisy_student import robustness_metrics  # pylint: disable=g-import-not-at-top
+  model, checkpoint = imagenet_model
+  rng = np.random.default_rng(2)
+  pool = rng.integers(0, 256, (6, 32, 32, 3), np.uint8)  # ImageNet-C's images are crops already
+  predicted = _oracle_logits(model, pool).argmax(axis=1)
+  wnids = released_sets.imagenet_wnids()
+  classes = sorted(set(predicted.tolist()) | {999 if 999 not in predicted else 998})
+  other = {c: next(k for k in classes if k != c) for c in classes}
+  # (group folder or None, corruption, severity): how many of the pool sit in a wrong folder.
+  layout = [("weather", "fog", 1, 0), ("weather", "fog", 3, 3), (None, "contrast", 5, 1),
+            ("extra", "saturate", 2, 2)]
+  truth = {}
+  for group, corruption, severity, wrong in layout:
+    folder = tmp_path / "ImageNet-C" / (group or "") / corruption / str(severity)
+    for c in classes:
+      (folder / wnids[c]).mkdir(parents=True)
+    labels = [other[p] if i < wrong else p for i, p in enumerate(predicted)]
+    for i, label in enumerate(labels):
+      Image.fromarray(pool[i]).save(folder / wnids[label] / f"{i}.png")
+    truth.setdefault(corruption, {})[str(severity)] = float(np.mean(np.array(labels) != predicted))
+  _run_main("--mode=eval", f"--checkpoint={checkpoint}", "--normalization=imagenet",
+            "--robustness=imagenet_c", f"--corrupted_data={tmp_path / 'ImageNet-C'}",
+            f"--output={tmp_path / 'out'}")  # no --eval_data: ImageNet-C needs none
+  result = json.loads((tmp_path / "out" / "robustness.json").read_text())["imagenet_c"]
+  assert result["errors"].keys() == truth.keys()
+  for corruption, by_severity in truth.items():
+    assert result["errors"][corruption] == pytest.approx(by_severity)
+  assert truth["fog"]["3"] == 0.5 and truth["fog"]["1"] == 0.0
+  alexnet = robustness_metrics.ALEXNET_C_ERRORS
+  expected_ce = {"fog": (0.0 + 0.5) / (alexnet["fog"][0] + alexnet["fog"][2]),
+                 "contrast": (1 / 6) / alexnet["contrast"][4]}
+  assert result["ce"] == pytest.approx(expected_ce)
+  assert result["mce"] == pytest.approx(np.mean(list(expected_ce.values())))
+  assert result["extra_ce"] == pytest.approx({"saturate": (2 / 6) / 0.658})
+  assert not result["complete"] and result["num_examples"]["fog"] == {"1": 6, "3": 6}
+  printed = _printed(capsys)
+  assert printed["imagenet_c_mce"] == pytest.approx(result["mce"]) and "top1" not in printed
+  assert (tmp_path / "out" / "robustness_imagenet.png").exists()
+
+
+def test_imagenet_p_flip_rates_and_top5_distances_as_published(tmp_path, imagenet_model,
+                                                               capsys):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from data import released_sets  # pylint: disable=g-import-not-at-top
+  from noisy_student import robustness_metrics  # pylint: disable=g-import-not-at-top
+  model, checkpoint = imagenet_model
+  rng = np.random.default_rng(3)
+  wnids = released_sets.imagenet_wnids()
+  with_mp4 = importlib.util.find_spec("av") is not None
+  flips, distances = {}, {}
+  for name in ("translate", "gaussian_noise", "shear"):
+    per_sequence = []
+    for k in range(3):
+      # Runs of repeated frames: some pairs keep their prediction, others need not.
+      distinct = rng.integers(0, 256, (3, 32, 32, 3), np.uint8)
+      frames = distinct[[0, 0, 1, 1, 2]]
+      folder = tmp_path / "ImageNet-P" / name / wnids[10 * k]
+      folder.mkdir(parents=True)
+      if with_mp4 and k == 0:  # the released format, lossless so the frames are these
+        from tests.test_released_sets import write_lossless_mp4  # pylint: disable=g-import-not-at-top
+        write_lossless_mp4(folder / "v.mp4", frames)
+      else:
+        np.save(folder / "v.npy", frames)
+      logits = _oracle_logits(model, frames)
+      top1 = logits.argmax(axis=1)
+      if name == "gaussian_noise":  # noise: every frame against the first
+        pairs = [(0, t) for t in range(1, 5)]
+      else:  # temporal: every frame against the one before
+        pairs = [(t - 1, t) for t in range(1, 5)]
+      per_sequence.append((np.mean([top1[a] != top1[b] for a, b in pairs]),
+                           np.mean([_paper_top5_distance(logits[a], logits[b])
+                                    for a, b in pairs])))
+    flips[name], distances[name] = np.mean(per_sequence, axis=0)
+  _run_main("--mode=eval", f"--checkpoint={checkpoint}", "--normalization=imagenet",
+            "--robustness=imagenet_p", f"--perturbed_data={tmp_path / 'ImageNet-P'}",
+            f"--output={tmp_path / 'out'}", "--inference_batch_size=8")
+  result = json.loads((tmp_path / "out" / "robustness.json").read_text())["imagenet_p"]
+  assert result["flip_probability"] == pytest.approx(flips)
+  assert result["unnormalised_top5_distance"] == pytest.approx(distances)
+  fp = robustness_metrics.ALEXNET_P_FLIP_PROBABILITY
+  t5d = robustness_metrics.ALEXNET_P_TOP5_DISTANCE
+  expected_fr = {p: flips[p] / fp[p] for p in ("translate", "gaussian_noise")}
+  assert result["flip_rate"] == pytest.approx(expected_fr)
+  assert result["mfr"] == pytest.approx(np.mean(list(expected_fr.values())))
+  assert result["mt5d"] == pytest.approx(np.mean(
+      [distances[p] / t5d[p] for p in ("translate", "gaussian_noise")]))
+  assert result["extra_flip_rate"] == pytest.approx({"shear": flips["shear"] / fp["shear"]})
+  assert result["num_sequences"] == {"translate": 3, "gaussian_noise": 3, "shear": 3}
+  assert 0 < flips["translate"] < 1  # the sequences do flip, and not always
+  assert _printed(capsys)["imagenet_p_mfr"] == pytest.approx(result["mfr"])
+
+
+def _paper_top5_distance(reference_logits, logits):
+  """The paper's d(pi(x), pi(x')) = sum_{i=1..5} sum_{j=min(i, s(i))+1}^{max(i, s(i))}
+  1(1 <= j - 1 <= 5), s(i) the rank in x' of the class ranked i in x (ordinal ranks)."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  rank_x = stats.rankdata(-reference_logits, method="ordinal")
+  rank_y = stats.rankdata(-logits, method="ordinal")
+  by_rank_x = np.argsort(rank_x)
+  total = 0
+  for i in range(1, 6):
+    sigma = rank_y[by_rank_x[i - 1]]
+    total += sum(1 <= j - 1 <= 5 for j in range(min(i, sigma) + 1, max(i, sigma) + 1))
+  return total
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--robustness=imagenet_a,fgsm", "--eval_data=/"], "imagenet_a reads --eval_data as"),
+    (["--robustness=imagenet_c"], "imagenet_c needs --corrupted_data"),
+    (["--robustness=fgsm", "--perturbed_data=x", "--eval_data=x"],
+     "--perturbed_data is read by --robustness=imagenet_p only"),
+    (["--robustness=imagenet_p", "--perturbed_data=/absent"], "--perturbed_data '/absent'"),
+])
+def test_released_set_flags_fail_before_work(args, message, imagenet_model, tmp_path):
+  _, checkpoint = imagenet_model
+  with pytest.raises(SystemExit, match=message):
+    _run_main("--mode=eval", f"--checkpoint={checkpoint}", "--normalization=imagenet",
+              f"--output={tmp_path}", *args)
+
+
+def test_released_sets_need_an_imagenet_model(tmp_path):
+  import efficientnet  # pylint: disable=g-import-not-at-top
+  model = efficientnet.build_model("efficientnet-b0", 10, image_size=32, width_coefficient=0.1,
+                                   depth_coefficient=0.1)
+  frames = np.zeros((2, 32, 32, 3), np.uint8)
+  folder = tmp_path / "p" / "rotate" / "n01440764"
+  folder.mkdir(parents=True)
+  np.save(folder / "v.npy", frames)
+  with pytest.raises(ValueError, match="needs a 1000-class ImageNet model.*has 10"):
+    robustness.robustness_phase(model, None, preprocess.PreprocessConfig(image_size=32),
+                                str(tmp_path / "out"), ["imagenet_p"],
+                                perturbed_data=str(tmp_path / "p"))
