@@ -60,3 +60,28 @@ def bright_channel_shards():
                     num_shards=num_shards, unlabeled=unlabeled)
     return root / split
   return make
+
+
+@pytest.fixture(scope="session")
+def foreign_lines():
+  """foreign_lines(stderr) -> the lines of a command's stderr that are not this project's own:
+  its absl log lines (`I1207 12:00:00.000000 1234 train.py:42] ...` from a module of the
+  project), its one-line errors (`main.py --mode=M: error: ...`, or noisy-student's) and the
+  progress line of each Keras epoch that train runs (`57/57 - 12s - 210ms/step - ...`)."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(__file__).resolve().parents[1]
+  modules = {"main.py"} | {p.name for package in ("data", "efficientnet", "noisy_student")
+                           for p in (root / package).rglob("*.py")}
+  log_line = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ (?P<file>[\w.]+\.py):\d+\] ")
+  error_line = re.compile(r"^(main\.py|noisy-student) --mode=\w+: error: |^\d+/\d+ - \d+m?s - |"
+                          r"^Epoch \d+/\d+$")
+
+  def foreign(stderr):
+    found = []
+    for line in stderr.splitlines():
+      match = log_line.match(line)
+      if not (match and match["file"] in modules) and not error_line.match(line):
+        found.append(line)
+    return found
+  return foreign

@@ -204,3 +204,19 @@ def test_eval_image_pixels_is_eval_pixels_of_the_decoded_file(small_image):
     encoded = tf.io.encode_png(pixels)
     np.testing.assert_array_equal(preprocess.eval_image_pixels(tf.constant(pixels), config),
                                   preprocess.eval_pixels(encoded, config))
+
+
+def test_the_printed_signatures_are_the_saved_models_and_readmes_names(tmp_path):
+  import efficientnet  # pylint: disable=g-import-not-at-top
+  model = efficientnet.build_model("efficientnet-b0", 2, image_size=SIZE, small_image=True,
+                                   width_coefficient=0.1, depth_coefficient=0.1)
+  prep = preprocess.PreprocessConfig(image_size=SIZE, small_image=True)
+  summary = export.export_phase(model, prep, str(tmp_path), ["a", "b"])
+  served = tf.saved_model.load(summary["saved_model"])
+  assert set(summary["signatures"]) == {"serving_default", "serve_bytes"}
+  for name, described in summary["signatures"].items():
+    (spec,) = served.signatures[name].structured_input_signature[1].values()
+    assert described == f"{spec.name} {spec.dtype.name} {spec.shape}"
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+  for name in summary["signatures"]:
+    assert f'signatures["{name}"]' in readme

@@ -9,7 +9,8 @@ Writes into the output directory:
                  [batch] and `class_name` string [batch], the names baked in as constants.
   serving.keras  the `serve` model as a Keras file (uint8 images in, the same outputs). It holds
                  this repository's layers (EfficientNet and the two below), so it loads only
-                 where the repository is importable: `load_serving_model`.
+                 where the project is importable (a clone, or after `pip install .` once
+                 noisy_student_tf.noisy_student.package_path is imported): `load_serving_model`.
 
 Inside, each image goes through data.preprocess's eval path (center crop and bicubic resize, or
 the small-image resize) and mean/std with the checkpoint's own settings (what predict and eval
@@ -35,6 +36,9 @@ SAVED_MODEL = "saved_model"
 KERAS_FILE = "serving.keras"
 PIXELS_ENDPOINT = "serve"          # the first endpoint: also the SavedModel's serving_default
 BYTES_ENDPOINT = "serve_bytes"
+# Each endpoint's SavedModel signature name, as a client calls it (the first endpoint is also
+# reachable under its own name, `serve`).
+SIGNATURES = {PIXELS_ENDPOINT: "serving_default", BYTES_ENDPOINT: BYTES_ENDPOINT}
 INPUT_SPECS = {
     PIXELS_ENDPOINT: tf.TensorSpec([None, None, None, 3], tf.uint8, name="images"),
     BYTES_ENDPOINT: tf.TensorSpec([None], tf.string, name="encoded"),
@@ -139,7 +143,8 @@ def export_phase(model, prep, output_dir, class_names):
     class_names: one name per class, baked into the models.
 
   Returns:
-    A JSON-ready summary: paths, signatures, class names and preprocessing.
+    A JSON-ready summary: paths, signatures (by their SavedModel names, SIGNATURES), class names
+    and preprocessing.
   """
   models = build_serving_models(model, prep, class_names)
   tf.io.gfile.makedirs(output_dir)
@@ -154,7 +159,7 @@ def export_phase(model, prep, output_dir, class_names):
   with records.atomic_path(keras_file) as tmp:  # its temporary name ends in .keras, as Keras wants
     models[PIXELS_ENDPOINT].save(tmp)
   return {"saved_model": saved_model, "keras_file": keras_file,
-          "signatures": {name: f"{spec.name} {spec.dtype.name} {spec.shape}"
+          "signatures": {SIGNATURES[name]: f"{spec.name} {spec.dtype.name} {spec.shape}"
                          for name, spec in INPUT_SPECS.items()},
           "class_names": list(class_names), "image_size": prep.image_size,
           "small_image": prep.small_image, "mean": list(prep.mean), "std": list(prep.std)}
