@@ -38,10 +38,12 @@ class Installed:
     self.command = self.venv / "bin" / "noisy-student"
     self.site = None
 
-  def run(self, args, cwd, check=True):
-    """Runs `args` in `cwd` with nothing of this repository on PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+  def run(self, args, cwd, check=True, tf_log_level="2"):
+    """Runs `args` in `cwd` with nothing of this repository on PYTHONPATH (and
+    TF_CPP_MIN_LOG_LEVEL=`tf_log_level`; None: unset, as in a user's shell)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}
+    if tf_log_level is not None:
+      env["TF_CPP_MIN_LOG_LEVEL"] = tf_log_level
     result = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True,
                             text=True, timeout=600, check=False)
     if check and result.returncode:
@@ -128,7 +130,65 @@ def test_command_runs_recipes_from_another_directory(installed, tmp_path):
   assert bad.returncode and "--model=efficientnet-b9" in bad.stderr
   extra = installed.run([installed.command, "--mode=convert", "extra"], tmp_path, check=False)
   assert extra.returncode and extra.stderr.strip().splitlines()[-1] == (
-      "main.py --mode=convert: error: unexpected arguments: ['extra']")
+      "noisy-student --mode=convert: error: unexpected arguments: ['extra']")
+
+
+def test_the_installed_command_prints_only_the_projects_lines(installed, tmp_path, foreign_lines):
+  """Without TF_CPP_MIN_LOG_LEVEL, as from a user's shell: no TensorFlow start-up line, and the
+  error names the command that was run."""
+  np.savez(tmp_path / "tiny.npz", images=np.zeros((6, 8, 8, 3), np.uint8), labels=np.arange(6))
+  done = installed.run([installed.command, "--mode=convert", "--source=npz", "--input=tiny.npz",
+                        "--output=out", "--split=train", "--num_shards=1"], tmp_path,
+                       tf_log_level=None)
+  assert foreign_lines(done.stderr) == [] and "convert train: 6/6 images" in done.stderr
+  failed = installed.run([installed.command, "--mode=convert", "--input=nowhere",
+                          "--output=out", "--split=train"], tmp_path, check=False,
+                         tf_log_level=None)
+  assert failed.returncode == 1 and foreign_lines(failed.stderr) == []
+  assert failed.stderr.startswith("noisy-student --mode=convert: error: ")
+
+
+def _readme_loading_snippet():
+  """README's Python block that loads serving.keras."""
+  readme = (ROOT / "README.md").read_text()
+  start = readme.index("`serving.keras` is the `serving_default` model")
+  return readme[start:].split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_serving_keras_loads_after_install_as_readme_says(installed, tmp_path):
+  """README's snippet, run by the installed project's Python from another directory, loads the
+  export of the installed command and answers as the SavedModel beside it does."""
+  import efficientnet  # pylint: disable=g-import-not-at-top
+  efficientnet.build_model("efficientnet-b0", 3, small_image=True, image_size=16,
+                           width_coefficient=0.1, depth_coefficient=0.1).save(
+                               tmp_path / "model.keras")
+  installed.run([installed.command, "--mode=export", "--checkpoint=model.keras",
+                 "--normalization=imagenet", "--class_names=a,b,c", "--output=runs/student_export"],
+                tmp_path)
+  script = (
+      "import json\nimport numpy as np\nimport tensorflow as tf\n"
+      "uint8_images = np.random.default_rng(0).integers(0, 256, (2, 20, 24, 3), np.uint8)\n"
+      + _readme_loading_snippet() +
+      "served = tf.saved_model.load('runs/student_export/saved_model')\n"
+      "reference = served.signatures['serving_default'](images=tf.constant(uint8_images))\n"
+      "print(json.dumps({'gap': float(np.abs(np.asarray(out['probabilities'])"
+      " - reference['probabilities'].numpy()).max()),"
+      " 'names': [str(n, 'utf-8') for n in np.asarray(out['class_name'])],"
+      " 'reference': [str(n, 'utf-8') for n in reference['class_name'].numpy()]}))\n")
+  result = json.loads(installed.run([installed.python, "-c", script], tmp_path).stdout
+                      .splitlines()[-1])
+  assert result["gap"] < 1e-5 and result["names"] == result["reference"]
+  assert set(result["names"]) <= {"a", "b", "c"}
+
+
+def test_pip_install_leaves_no_untracked_build_directory():
+  """setuptools builds `pip install .` in the clone's build/ (and `sdist` writes dist/): git
+  ignores both."""
+  if not (ROOT / ".git").exists():
+    pytest.skip("not a git clone")
+  for path in ("build/lib/noisy_student_tf/main.py", "dist/noisy_student_tf-0.1.0.tar.gz"):
+    assert subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT,
+                          check=False).returncode == 0, path
 
 
 @pytest.mark.slow  # 20-30 s: a Beam job with a worker process that imports TensorFlow
