@@ -465,7 +465,8 @@ def test_fill_limit_refuses_exactly_the_targets_beyond_ten_copies_and_names_one_
   assert filter_balance.fill_limit_error(np.zeros(3, int), 100) is None
 
 
-def test_phase_refuses_a_target_that_floods_a_class_before_writing_and_its_value_fits(tmp_path):
+def test_phase_refuses_a_target_that_floods_a_class_before_writing_and_its_value_fits(
+    tmp_path, plot_labels):
   truth = _write_inputs(tmp_path, shard_sizes=(30, 25))
   kept = np.bincount([t["label"] for t in truth.values() if t["confidence"] >= 0.3],
                      minlength=NUM_CLASSES)
@@ -494,6 +495,10 @@ def test_phase_refuses_a_target_that_floods_a_class_before_writing_and_its_value
   assert per_class["with_copies"] == [fits if k else 0 for k in kept.tolist()]
   assert all(w <= 10 * k for w, k in zip(per_class["with_copies"], per_class["kept_unique"]))
   assert stats["class_names"] == names
+  # summary.json's names (the teacher's, as predict records them) name the plots' classes too.
+  titles = [title for _, title in plot_labels["confidence_per_class.png"][:NUM_CLASSES]]
+  assert titles == names and plot_labels["class_counts.png"][0][0] == names
+  assert json.loads((out / "manifest.json").read_text())["class_names"] == names
 
 
 def test_phase_refuses_a_target_beyond_ten_times_every_image_before_reading_them(tmp_path):
