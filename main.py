@@ -26,6 +26,8 @@ if __package__ and HOME not in sys.path:
   sys.path.insert(0, HOME)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Imports TensorFlow without its start-up lines; before any module below imports it.
+from noisy_student import quiet_start  # noqa: E402
 
 # Each enum flag's choices and each default are the defining module's own. (beam_pipeline is
 # imported by the beam mode alone: Apache Beam is an optional install.)
@@ -58,7 +60,8 @@ FLAGS = flags.FLAGS
 
 # Common.
 flags.DEFINE_enum("mode", "iterate", MODES, "What to run.")
-flags.DEFINE_string("workdir", "workdir/demo", "Directory for everything a run writes.")
+flags.DEFINE_string("workdir", None, "Directory for everything a run writes (train, finetune, "
+                    "iterate; eval without --output).")
 flags.DEFINE_enum("model", "efficientnet-b0", list(spec.VARIANTS), "EfficientNet variant.")
 flags.DEFINE_integer("image_size", None, "Input resolution (default: the variant's, 32 with "
                      "--small_image).", lower_bound=8)
@@ -83,6 +86,13 @@ flags.DEFINE_enum("mixed_precision", "none", list(distribute.PRECISION_POLICIES)
 flags.DEFINE_bool("jit_compile", None, "XLA for the training step and the inference steps of "
                   "predict and eval (default: on for GPUs and TPUs, off on CPUs).")
 flags.DEFINE_integer("batch_size", 128, "Labeled images per training batch.", lower_bound=1)
+flags.DEFINE_bool("dry_run", False, "train/finetune/iterate: check everything the run would "
+                  "check (flags, data, checkpoints, the workdir), print its plan (per round and "
+                  "phase: rows, batch per replica, steps and Keras epochs, warm-up, learning "
+                  "rates, image sizes, prediction storage, the filter's counts) and stop; writes "
+                  "nothing but, with --output=FILE, the plan as JSON.")
+flags.DEFINE_bool("overwrite", False, "train/finetune: a --workdir holding a run of other "
+                  "settings is refused; with this, what that run left is removed first.")
 flags.DEFINE_integer("inference_batch_size", inference.BATCH_SIZE, "Images per inference batch "
                      "in predict, eval, beam and iterate's predict and eval (a training batch can "
                      "be far larger than fits at inference resolution).", lower_bound=1)
@@ -106,7 +116,9 @@ flags.DEFINE_enum("normalization", "manifest", train.NORMALIZATIONS,
 # convert.
 flags.DEFINE_enum("source", "idx", convert.SOURCES, "convert: input format.")
 flags.DEFINE_string("input", None, "convert: input path.")
-flags.DEFINE_string("output", None, "convert/predict/filter/beam/export: output directory.")
+flags.DEFINE_string("output", None, "convert/predict/filter/beam/export: output directory; "
+                    "eval: where metrics.json goes (default --workdir); train/finetune/iterate: "
+                    "with --dry_run, the file its plan is written to as JSON.")
 flags.DEFINE_string("split", "train", "convert: split name (for idx also train or t10k).")
 flags.DEFINE_integer("num_shards", 4, "convert/filter/beam: number of output shards.",
                      lower_bound=1)
@@ -174,12 +186,13 @@ flags.DEFINE_integer("eval_every_keras_epochs", 0, "train/finetune/iterate: ever
                      "norm statistics as at the end) on --validation_data, else --eval_data "
                      "(iterate: --validation_data only); into history.json, TensorBoard and "
                      "training_curves.png. 0: off.", lower_bound=0)
-flags.DEFINE_integer("freeze_blocks", 0, "finetune: freeze the stem and the first N blocks (they "
-                     "run in inference mode: batch norm with its moving statistics, no "
-                     "stochastic depth).", lower_bound=0)
-flags.DEFINE_bool("finetune_noise", False, "finetune: keep --dropout_rate and --survival_prob "
-                  "(off: the fine-tune has no dropout or stochastic depth, as the reference's; it "
-                  "always trains on eval-preprocessed images, without RandAugment or Cutout).")
+flags.DEFINE_list("freeze_blocks", ["0"], "train/finetune: freeze the stem and the first N blocks "
+                  "(they run in inference mode: batch norm with its moving statistics, no "
+                  "stochastic depth); iterate: per round, for its fine-tune.")
+flags.DEFINE_bool("finetune_noise", True, "finetune: keep --dropout_rate and --survival_prob "
+                  "in the layers the fine-tune trains, as the reference does (the frozen blocks "
+                  "run in inference mode; off: no dropout or stochastic depth anywhere). It "
+                  "always trains on eval-preprocessed images, without RandAugment or Cutout.")
 
 # predict / eval.
 flags.DEFINE_string("checkpoint", None, "predict/eval/export: a train workdir or .keras file, "
@@ -260,10 +273,23 @@ flags.DEFINE_list("student_models", [], "iterate: student variant per round (def
                   "every round); each equal or larger than the last.")
 flags.DEFINE_float("teacher_epochs", None, "iterate: teacher length (default --epochs).",
                    lower_bound=0)
-flags.DEFINE_float("student_epochs", None, "iterate: student length (default --epochs).",
-                   lower_bound=0)
-flags.DEFINE_enum("student_init", "scratch", ["scratch", "teacher"], "iterate: train students "
-                  "from scratch (the paper) or start them from their teacher's weights.")
+# Per-round values: a comma-separated list, one entry per round (a single value: every round).
+flags.DEFINE_list("student_image_sizes", [], "iterate: each round's student training size "
+                  "(default: --image_size).")
+flags.DEFINE_list("unlabeled_batch_ratios", [], "iterate: each round's pseudo-labeled rows per "
+                  "labeled row (default: --unlabeled_batch_ratio).")
+flags.DEFINE_list("student_epochs", [], "iterate: each round's student length in epochs of the "
+                  "labeled data (default: --epochs).")
+flags.DEFINE_list("student_train_steps", [], "iterate: each round's student length in steps "
+                  "(instead of --student_epochs).")
+flags.DEFINE_list("student_init", ["scratch"], "iterate: per round, train the student from "
+                  "scratch (the paper) or start it from its teacher's weights (teacher).")
+flags.DEFINE_list("finetune_image_size", [], "iterate: per round, a FixRes fine-tune of the "
+                  "student at this size (none or 0: no fine-tune that round); the round is "
+                  "evaluated at it and hands the fine-tuned model on as the next teacher.")
+flags.DEFINE_list("finetune_steps", [], "iterate: each round's fine-tune length in steps.")
+flags.DEFINE_list("finetune_epochs", [], "iterate: each round's fine-tune length in epochs of the "
+                  "labeled data (instead of --finetune_steps; the paper's 1.5).")
 flags.DEFINE_bool("teacher_noise", True, "iterate: train the first teacher with the noise flags "
                   "(off: no RandAugment, Cutout, dropout or stochastic depth for it; students stay "
                   "noised). Off suits small labeled sets, where noise makes the teacher underfit.")
@@ -309,8 +335,11 @@ def train_config(**overrides):
   """The TrainConfig of this command: every field from the flag of the same name (fields
   without a flag keep their defaults), then `overrides`."""
   values = {field.name: FLAGS[field.name].value for field in dataclasses.fields(train.TrainConfig)
-            if field.name in FLAGS}
-  values["ema_decay"] = FLAGS.ema_decay or None  # --ema_decay=0 turns the average off
+            if field.name in FLAGS and field.name not in overrides}
+  if "ema_decay" in values:
+    values["ema_decay"] = FLAGS.ema_decay or None  # --ema_decay=0 turns the average off
+  if "freeze_blocks" in values:
+    values["freeze_blocks"] = _single("freeze_blocks", int)
   values.update(overrides)
   if values["epochs"] is None and values["train_steps"] is None:  # the rule is TrainConfig's
     raise app.UsageError("--epochs or --train_steps is needed (a recipe sets them: "
@@ -318,16 +347,49 @@ def train_config(**overrides):
   return train.TrainConfig(**values)
 
 
-def _inference_config(config_class):
-  """A PredictConfig or EvalConfig of this command: every field from the flag of the same name,
-  its batch size from --inference_batch_size."""
-  values = {field.name: FLAGS[field.name].value
-            for field in dataclasses.fields(config_class) if field.name != "batch_size"}
-  return config_class(batch_size=FLAGS.inference_batch_size, **values)
+def _parsed(name, value, parse):
+  try:
+    return parse(value)
+  except ValueError:
+    raise app.UsageError(f"--{name}: {value!r} is not a valid value") from None
 
 
-def predict_config():
-  return _inference_config(predict.PredictConfig)
+def _single(name, parse):
+  """The one value of list flag `name` where the mode takes one (finetune's --freeze_blocks)."""
+  values = FLAGS[name].value
+  if len(values) != 1:
+    raise app.UsageError(f"--{name} takes one value here, got {','.join(values)}")
+  return _parsed(name, values[0], parse)
+
+
+def per_round(name, rounds, parse, default):
+  """List flag `name` as one parsed value per round: its entries, a single entry for every
+  round, or `default` for every round when it is empty."""
+  values = FLAGS[name].value
+  if not values:
+    return [default] * rounds
+  if len(values) == 1:
+    values = values * rounds
+  if len(values) != rounds:
+    raise app.UsageError(f"--{name} lists {len(values)} values for --iterations={rounds} (one "
+                         "per round, or one for every round)")
+  return [_parsed(name, value, parse) for value in values]
+
+
+def _optional_size(value):
+  return None if value.lower() in ("none", "0", "") else int(value)
+
+
+def _inference_config(config_class, **overrides):
+  """A PredictConfig or EvalConfig of this command: every field from the flag of the same name
+  (not read for the `overrides`), its batch size from --inference_batch_size."""
+  values = {field.name: FLAGS[field.name].value for field in dataclasses.fields(config_class)
+            if field.name not in ("batch_size", *overrides)}
+  return config_class(batch_size=FLAGS.inference_batch_size, **values, **overrides)
+
+
+def predict_config(**overrides):
+  return _inference_config(predict.PredictConfig, **overrides)
 
 
 def eval_config():
@@ -347,7 +409,8 @@ def _strategy():
 
 
 def _print(result):
-  print(json.dumps(result, indent=1, default=str))
+  """The command's summary: one JSON line on stdout (progress and logs go to stderr)."""
+  print(json.dumps(result, default=str), flush=True)
 
 
 def run_convert():
@@ -366,42 +429,60 @@ def run_convert():
   _print(result)
 
 
-# The schedule settings a fine-tune takes from the run it continues.
-_SCHEDULE_FIELDS = ("base_learning_rate", "final_learning_rate", "warmup_epochs", "lr_decay_epochs",
-                    "lr_decay_factor")
-
-
 def finetune_config():
-  """FixRes fine-tuning as the reference does it (`remove_aug`, `fix_layer_num`,
-  `train_last_step_num`): eval preprocessing for training, no RandAugment or Cutout, no dropout
-  or stochastic depth (unless --finetune_noise), and, when --init_checkpoint is a train run of
-  ours, the learning rate of the last --train_steps (or --epochs) steps of that run's schedule.
-  For a checkpoint without its run (a .keras file alone, a reference checkpoint) the schedule is
-  the flags' own, starting at step 0."""
+  """FixRes fine-tuning (`train.finetune_config`) of --init_checkpoint: when it is a train run
+  of ours, at the learning rate of the last --train_steps (or --epochs) steps of that run's
+  schedule; otherwise the flags' own schedule from step 0."""
   if not FLAGS.init_checkpoint:
     raise app.UsageError("finetune needs --init_checkpoint (the run to fine-tune)")
-  overrides = {"augment": False, "randaugment_layers": 0, "cutout": False}
-  if not FLAGS.finetune_noise:
-    overrides.update(dropout_rate=0.0, survival_prob=1.0)
   run = (checkpoints.load_run_config(FLAGS.init_checkpoint)
          if FLAGS.checkpoint_format == "keras" else None)
-  if run is not None:
-    overrides.update({name: run["config"][name] for name in _SCHEDULE_FIELDS})
-    overrides["schedule_steps"] = run["total_steps"]
-  return train_config(**overrides)
+  # Labeled images only: the student flags of a shared recipe are not read.
+  labeled_only = {"unlabeled_batch_ratio": 0.0, "pseudo_labels": "soft", "temperature": 1.0}
+  return train.finetune_config(train_config(**labeled_only), run, noise=FLAGS.finetune_noise)
+
+
+def _report_plan(plan):
+  """--dry_run: the plan for people on stderr, as JSON in --output (written atomically) and as
+  the command's one JSON line on stdout."""
+  for line in plan["lines"]:
+    print(line, file=sys.stderr)
+  if FLAGS.output:
+    from data import records  # pylint: disable=g-import-not-at-top
+    records.write_text_atomically(FLAGS.output, json.dumps(plan, indent=1, default=str) + "\n")
+  _print({"dry_run": True, **{k: v for k, v in plan.items() if k != "lines"}})
+
+
+def _need_workdir():
+  if not FLAGS.workdir:
+    raise app.UsageError(f"--mode={FLAGS.mode} needs --workdir (where the run writes)")
+
+
+def _check_output_is_for_dry_run():
+  if FLAGS.output and not FLAGS.dry_run:
+    raise app.UsageError(f"--output with --mode={FLAGS.mode} is where --dry_run writes its plan; "
+                         "a run writes into --workdir")
 
 
 def run_train(finetune=False):
   config = finetune_config() if finetune else train_config()
+  _need_workdir()
+  _check_output_is_for_dry_run()
   # FixRes fine-tuning trains on labeled images only, whatever a shared recipe says.
   pseudo = None if finetune else FLAGS.pseudo_labeled_data
-  result = train.train(config, FLAGS.labeled_data, FLAGS.workdir,
-                       pseudo_labeled_data=pseudo, eval_data=FLAGS.eval_data,
-                       validation_data=FLAGS.validation_data,
-                       init_checkpoint=FLAGS.init_checkpoint,
-                       init_checkpoint_format=FLAGS.checkpoint_format, strategy=_strategy(),
-                       eval_config=eval_config())
-  _print({"workdir": FLAGS.workdir, "eval": result.get("eval", {}).get("top1")})
+  args = dict(pseudo_labeled_data=pseudo, eval_data=FLAGS.eval_data,
+              validation_data=FLAGS.validation_data, init_checkpoint=FLAGS.init_checkpoint,
+              init_checkpoint_format=FLAGS.checkpoint_format, strategy=_strategy(),
+              overwrite=FLAGS.overwrite, role="finetune" if finetune else None)
+  if FLAGS.dry_run:
+    _report_plan(train.dry_run(config, FLAGS.labeled_data, FLAGS.workdir, **args))
+    return
+  result = train.train(config, FLAGS.labeled_data, FLAGS.workdir, eval_config=eval_config(),
+                       **args)
+  _print({"workdir": FLAGS.workdir, "total_steps": result["total_steps"],
+          "finished_before": result.get("finished_before", False),
+          "eval": result.get("eval", {}).get("top1"),
+          "validation": result.get("eval", {}).get("validation", {}).get("top1")})
 
 
 def _model_args():
@@ -481,7 +562,7 @@ def run_beam():
     raise app.UsageError("beam needs --checkpoint and --output")
   result = beam_pipeline.run_beam(
       FLAGS.checkpoint, FLAGS.unlabeled_data, FLAGS.output, _preprocess_for(FLAGS.checkpoint),
-      dataclasses.replace(predict_config(), num_workers=1, worker_index=0), filter_rule(),
+      predict_config(num_workers=1, worker_index=0), filter_rule(),
       num_shards=FLAGS.num_shards, checkpoint_format=FLAGS.checkpoint_format,
       model_args=_model_args(), num_classes=FLAGS.num_classes, beam_options=FLAGS.beam_options)
   _print({"images": result["predict"]["images"],
@@ -505,6 +586,8 @@ def run_eval():
                      strategy)
   prep = _preprocess_for(FLAGS.checkpoint, model)
   output = FLAGS.output or FLAGS.workdir
+  if not output:
+    raise app.UsageError("eval needs --output (or --workdir): where metrics.json goes")
   # None for a glob, or a manifest without names for the model's classes.
   class_names = manifest.class_names_for(clean, model.output_shape[-1]) if clean else None
 
@@ -539,17 +622,55 @@ def run_eval():
   _print(shown)
 
 
+def iterate_rounds(teacher):
+  """One iterate.Round per round from the per-round flags: each student is the teacher's config
+  (before --noteacher_noise) with the round's model, size, ratio and length, and an optional
+  FixRes fine-tune."""
+  rounds = FLAGS.iterations
+  if FLAGS.student_models and len(FLAGS.student_models) not in (1, rounds):
+    raise app.UsageError(f"--student_models lists {len(FLAGS.student_models)} models for "
+                         f"--iterations={rounds}")
+  models = per_round("student_models", rounds, str, teacher.model)
+  sizes = per_round("student_image_sizes", rounds, int, teacher.image_size)
+  ratios = per_round("unlabeled_batch_ratios", rounds, float, teacher.unlabeled_batch_ratio)
+  epochs = per_round("student_epochs", rounds, float, None)
+  steps = per_round("student_train_steps", rounds, int, None)
+  inits = per_round("student_init", rounds, str, "scratch")
+  tune_sizes = per_round("finetune_image_size", rounds, _optional_size, None)
+  tune_steps = per_round("finetune_steps", rounds, int, None)
+  tune_epochs = per_round("finetune_epochs", rounds, float, None)
+  frozen = per_round("freeze_blocks", rounds, int, 0)
+  found = []
+  for k in range(rounds):
+    if epochs[k] is not None and steps[k] is not None:
+      raise app.UsageError(f"round {k + 1}: give --student_epochs or --student_train_steps, "
+                           "not both")
+    length = ({"epochs": epochs[k], "train_steps": None} if epochs[k] is not None else
+              {"epochs": None, "train_steps": steps[k]} if steps[k] is not None else {})
+    student = dataclasses.replace(teacher, model=models[k], image_size=sizes[k],
+                                  unlabeled_batch_ratio=ratios[k], **length)
+    finetune = None
+    if tune_sizes[k] is not None:
+      if (tune_steps[k] is None) == (tune_epochs[k] is None):
+        raise app.UsageError(f"round {k + 1} fine-tunes at {tune_sizes[k]}: give exactly one of "
+                             "--finetune_steps and --finetune_epochs for it")
+      finetune = dataclasses.replace(student, image_size=tune_sizes[k],
+                                     train_steps=tune_steps[k], epochs=tune_epochs[k],
+                                     freeze_blocks=frozen[k])
+    found.append(iterate.Round(student, init=inits[k], finetune=finetune,
+                               finetune_noise=FLAGS.finetune_noise))
+  return found
+
+
 def run_iterate():
-  students = FLAGS.student_models or [FLAGS.model] * FLAGS.iterations
-  if len(students) != FLAGS.iterations:
-    raise app.UsageError(f"--student_models lists {len(students)} models for "
-                         f"--iterations={FLAGS.iterations}")
-  teacher = (train_config(epochs=FLAGS.teacher_epochs, train_steps=None)
-             if FLAGS.teacher_epochs else train_config())
-  student_overrides = {"epochs": FLAGS.student_epochs} if FLAGS.student_epochs else {}
+  # The teacher freezes nothing: --freeze_blocks is each round's fine-tune's.
+  teacher = (train_config(epochs=FLAGS.teacher_epochs, train_steps=None, freeze_blocks=0)
+             if FLAGS.teacher_epochs else train_config(freeze_blocks=0))
+  rounds = iterate_rounds(teacher)
+  _need_workdir()
+  _check_output_is_for_dry_run()
   if not FLAGS.teacher_noise:
-    # Students copy the teacher's config: they get the noise flags back explicitly.
-    student_overrides.update({name: getattr(teacher, name) for name in NO_NOISE})
+    # The students were made from the noised config; only the first teacher loses its noise.
     teacher = dataclasses.replace(teacher, **NO_NOISE)
   given = None
   if FLAGS.teacher_checkpoint:  # it must have the labeled data's classes
@@ -558,14 +679,18 @@ def run_iterate():
         model_args=_model_args() if FLAGS.checkpoint_format == "reference" else None,
         num_classes=_manifest_classes(FLAGS.labeled_data), pad_crop=FLAGS.pad_crop,
         normalization=FLAGS.normalization, image_size=FLAGS.inference_image_size)
-  summary = iterate.iterate(
-      teacher, students, FLAGS.workdir, labeled_data=FLAGS.labeled_data,
-      unlabeled_data=FLAGS.unlabeled_data, eval_data=FLAGS.eval_data,
-      validation_data=FLAGS.validation_data, predict_config=predict_config(),
-      eval_config=eval_config(), filter_rule=filter_rule(), strategy=_strategy(),
-      student_overrides=student_overrides, student_init=FLAGS.student_init,
-      teacher_checkpoint=given)
-  print("\n".join(summary["table"]))
+  args = dict(labeled_data=FLAGS.labeled_data, unlabeled_data=FLAGS.unlabeled_data,
+              eval_data=FLAGS.eval_data, validation_data=FLAGS.validation_data,
+              # The workers' split of the predictions is iterate's own.
+              predict_config=predict_config(num_workers=1, worker_index=0),
+              filter_rule=filter_rule(), strategy=_strategy(),
+              teacher_checkpoint=given)
+  if FLAGS.dry_run:
+    _report_plan(iterate.plan_iterate(teacher, rounds, FLAGS.workdir, **args))
+    return
+  summary = iterate.iterate(teacher, rounds, FLAGS.workdir, eval_config=eval_config(), **args)
+  print("\n".join(summary["table"]), file=sys.stderr)
+  _print({"workdir": FLAGS.workdir, "rounds": summary["rounds"]})
 
 
 # Which modes read each flag. A flag given on the command line to a mode that does not read it
@@ -576,7 +701,8 @@ _TRAINING = ("train", "finetune", "iterate")
 _LOADING = ("predict", "eval", "beam", "export")  # load --checkpoint
 _MODEL = (*_TRAINING, *_LOADING)
 READ_BY = {
-    "mode seed": MODES,
+    "mode": MODES,
+    "seed": ("convert", *_TRAINING, "filter", "eval", "beam"),  # predict and export draw nothing
     "workdir": (*_TRAINING, "eval"),
     "model small_image width_coefficient depth_coefficient pad_crop normalization": _MODEL,
     "image_size batch_size": _TRAINING,
@@ -584,13 +710,16 @@ READ_BY = {
     "strategy tpu": ("train", "finetune", "iterate", "predict", "eval"),
     "mixed_precision": (*_MODEL,),  # export: a bfloat16 SavedModel, for TPU serving
     "jit_compile": (*_TRAINING, "predict", "eval", "beam"),
-    "inference_batch_size": ("predict", "eval", "beam", "iterate"),
+    "inference_batch_size": ("predict", "eval", "beam", *_TRAINING),
+    "dry_run": _TRAINING,
+    "overwrite": ("train", "finetune"),
     "labeled_data": _TRAINING,
     "unlabeled_data": ("predict", "filter", "beam", "iterate"),
     "eval_data validation_data": (*_TRAINING, "eval"),
-    "pseudo_labeled_data init_checkpoint": ("train", "finetune"),
+    "pseudo_labeled_data": ("train",),
+    "init_checkpoint": ("train", "finetune"),
     "source input split unlabeled limit labeled_per_class validation_per_class": ("convert",),
-    "output": ("convert", "predict", "filter", "beam", "eval", "export"),
+    "output": ("convert", "predict", "filter", "beam", "eval", "export", *_TRAINING),
     "num_shards": ("convert", "filter", "beam"),
     "class_names": ("convert", "predict", "export"),
     "epochs train_steps randaugment_layers randaugment_magnitude cutout flip dropout_rate "
@@ -598,8 +727,10 @@ READ_BY = {
     "lr_decay_factor weight_decay label_smoothing ema_decay batch_norm_recalibration "
     "batch_norm_recalibration_images eval_every_keras_epochs": _TRAINING,
     "unlabeled_batch_ratio pseudo_labels temperature": ("train", "iterate"),
-    "freeze_blocks finetune_noise": ("finetune",),
-    "checkpoint inference_image_size": _LOADING,
+    "freeze_blocks": _TRAINING,
+    "finetune_noise": ("finetune", "iterate"),
+    "checkpoint": _LOADING,
+    "inference_image_size": (*_LOADING, "iterate"),
     "checkpoint_format": (*_LOADING, "train", "finetune", "iterate"),
     "top_k": ("predict", "beam", "iterate"),
     "num_workers worker_index predictions_format": ("predict",),
@@ -610,9 +741,145 @@ READ_BY = {
     "robustness robustness_baseline corruption_table corrupted_data perturbed_data "
     "fgsm_epsilons": ("eval",),
     "iterations student_models teacher_epochs student_epochs student_init teacher_noise "
-    "teacher_checkpoint": ("iterate",),
+    "teacher_checkpoint student_image_sizes unlabeled_batch_ratios student_train_steps "
+    "finetune_image_size finetune_steps finetune_epochs": ("iterate",),
 }
 FLAG_MODES = {name: modes for names, modes in READ_BY.items() for name in names.split()}
+
+# --help and flags.md: the modes, and the flags in these sections (each flag in one), both
+# written by `help_text` / `flags_markdown` from the flag definitions and READ_BY.
+MODE_SUMMARIES = {
+    "convert": "images (folders, IDX, SVHN .mat, .npz, TFDS) -> TFRecord shards + manifest.json",
+    "train": "a teacher on --labeled_data, or a student with --pseudo_labeled_data",
+    "finetune": "FixRes: --init_checkpoint at a larger --image_size, first blocks frozen",
+    "predict": "a teacher's (soft) pseudo labels for --unlabeled_data",
+    "filter": "confidence threshold and class balancing of predictions -> a student's shards",
+    "eval": "top-1/top-5, calibration, confusion matrix; --robustness sets",
+    "iterate": "teacher -> (predict -> filter -> student [-> fine-tune] -> eval) x rounds",
+    "beam": "predict + filter as one Apache Beam pipeline",
+    "export": "a self-contained SavedModel and serving.keras",
+}
+FLAG_GROUPS = (
+    ("Common", "mode workdir model image_size small_image pad_crop width_coefficient "
+     "depth_coefficient num_classes seed strategy tpu mixed_precision jit_compile batch_size "
+     "inference_batch_size normalization dry_run overwrite"),
+    ("Data (train, finetune, predict, filter, eval, iterate)",
+     "labeled_data unlabeled_data eval_data validation_data pseudo_labeled_data"),
+    ("convert", "source input output split num_shards unlabeled limit class_names "
+     "labeled_per_class validation_per_class"),
+    ("train and finetune (also iterate)",
+     "epochs train_steps unlabeled_batch_ratio pseudo_labels temperature init_checkpoint "
+     "randaugment_layers randaugment_magnitude cutout flip dropout_rate survival_prob "
+     "base_learning_rate final_learning_rate warmup_epochs lr_decay_epochs lr_decay_factor "
+     "weight_decay label_smoothing ema_decay batch_norm_recalibration "
+     "batch_norm_recalibration_images eval_every_keras_epochs freeze_blocks finetune_noise"),
+    ("predict, eval and export (also beam)",
+     "checkpoint checkpoint_format inference_image_size top_k num_workers worker_index "
+     "predictions_format"),
+    ("filter (also iterate, beam)",
+     "predictions confidence_threshold images_per_class balance duplicate_to_balance"),
+    ("beam: predict + filter as one Apache Beam pipeline", "beam_options"),
+    ("eval: robustness",
+     "robustness robustness_baseline fgsm_epsilons corruption_table corrupted_data "
+     "perturbed_data"),
+    ("iterate (per-round flags: a comma-separated list, one entry per round; one value: every "
+     "round)", "iterations student_models student_image_sizes unlabeled_batch_ratios "
+     "teacher_epochs student_epochs student_train_steps student_init finetune_image_size "
+     "finetune_steps finetune_epochs teacher_noise teacher_checkpoint"),
+)
+
+
+def documented_flags():
+  """[(section title, [absl Flag, ...])] of every flag main.py defines, each in one section."""
+  defined = {f.name: f for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
+  listed = [name for _, names in FLAG_GROUPS for name in names.split()]
+  missing, extra = set(defined) - set(listed), set(listed) - set(defined)
+  if missing or extra:
+    raise AssertionError(f"update FLAG_GROUPS: undocumented {sorted(missing)}, unknown "
+                         f"{sorted(extra)}")
+  return [(title, [defined[name] for name in names.split()]) for title, names in FLAG_GROUPS]
+
+
+def _flag_kind(flag):
+  values = getattr(flag.parser, "enum_values", None)
+  if values:
+    return "variant name" if flag.name == "model" else "one of " + ", ".join(values)
+  return flag.flag_type()
+
+
+def _flag_default(flag):
+  default = flag.default
+  if isinstance(default, list):
+    return ",".join(default) or "(empty)"
+  return default
+
+
+def _flag_meaning(flag):
+  return flag.help.split(": ", 1)[1] if flag.help.startswith("<") else flag.help
+
+
+def help_text(mode=None):
+  """What --help prints: the modes and every flag by section, or with --mode=MODE that mode's
+  flags only (those it reads: READ_BY)."""
+  import textwrap  # pylint: disable=g-import-not-at-top
+  command = quiet_start.command_name()
+  lines = [f"usage: {command} --mode=MODE [flags]   (or --flagfile=recipes/NAME.flags)", ""]
+  if mode is None:
+    lines += ["modes:", *[f"  {name:<9} {text}" for name, text in MODE_SUMMARIES.items()], "",
+              f"{command} --help --mode=MODE lists one mode's flags; flags.md has them all.", ""]
+  else:
+    lines += [f"--mode={mode}: {MODE_SUMMARIES[mode]}", ""]
+  for title, group in documented_flags():
+    shown = [f for f in group if mode is None or mode in FLAG_MODES[f.name]]
+    if not shown:
+      continue
+    lines.append(f"{title}:")
+    for flag in shown:
+      lines.append(f"  --{flag.name} ({_flag_kind(flag)}; default {_flag_default(flag)})")
+      lines += textwrap.wrap(_flag_meaning(flag), 96, initial_indent="      ",
+                             subsequent_indent="      ")
+    lines.append("")
+  return "\n".join(lines)
+
+
+FLAGS_MD_HEADER = """# Flags of main.py
+
+`python main.py --mode=MODE [flags]` (installed: `noisy-student`), or
+`--flagfile=recipes/NAME.flags` for a recipe (later flags override the file's). Flags are checked
+when parsed: an unknown flag, a value outside its range or enum, or a bad combination fails
+before anything runs. A flag given on the command line to a mode that does not read it (last
+column) is an error naming the modes that do; a recipe may set flags for several modes.
+`--help` prints the same, and `--help --mode=MODE` one mode's flags. This file is written by
+`python scripts/flags_md.py > flags.md` from main.py; a test fails when they disagree.
+"""
+
+
+def flags_markdown():
+  """flags.md: every flag by section, with its type, default, meaning and the modes reading it."""
+  out = [FLAGS_MD_HEADER]
+  for title, group in documented_flags():
+    out.append(f"## {title}\n\n| flag | type | default | meaning | read by modes |\n"
+               "|---|---|---|---|---|")
+    for flag in group:
+      out.append(f"| `--{flag.name}` | {_flag_kind(flag)} | `{_flag_default(flag)}` | "
+                 f"{_flag_meaning(flag).replace('|', '/')} | {', '.join(FLAG_MODES[flag.name])} |")
+    out.append("")
+  return "\n".join(out) + "\n"
+
+
+def _asked_for_help(argv):
+  """(asked, mode) for --help / -h / --helpshort on the command line (before a bare --), the
+  mode from --mode=X or --mode X when given."""
+  asked, mode = False, None
+  args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+  for i, arg in enumerate(args):
+    if arg in ("--help", "-help", "-h", "--helpshort", "-?"):
+      asked = True
+    elif arg.startswith(("--mode=", "-mode=")):
+      mode = arg.split("=", 1)[1]
+    elif arg in ("--mode", "-mode") and i + 1 < len(args):
+      mode = args[i + 1]
+  return asked, mode
 
 
 def command_line_flags(argv):
@@ -644,7 +911,16 @@ _COMMAND_LINE = []  # set by parse_flags: the flags the command line itself gave
 
 
 def parse_flags(argv):
-  """app.run's flag parser: absl's, remembering which flags the command line itself set."""
+  """app.run's flag parser: absl's, remembering which flags the command line itself set; --help
+  (with --mode=MODE: that mode's flags) prints `help_text` and exits 0, through both entry
+  points (absl's own help printed only a usage line for the installed command)."""
+  asked, mode = _asked_for_help(argv)
+  if asked:
+    if mode is not None and mode not in MODES:
+      raise SystemExit(f"{quiet_start.command_name()}: --mode={mode} is not a mode; modes: "
+                       f"{', '.join(MODES)}")
+    print(help_text(mode))
+    raise SystemExit(0)
   remaining = app.parse_flags_with_usage(argv)
   _COMMAND_LINE[:] = command_line_flags(argv)
   return remaining
@@ -695,7 +971,7 @@ def main(argv):
     # clear line, no traceback and no page of help. NS_TRACEBACK=1 shows where it came from.
     if os.environ.get("NS_TRACEBACK"):
       raise
-    raise SystemExit(f"main.py --mode={FLAGS.mode}: error: {e}") from None
+    raise SystemExit(f"{quiet_start.command_name()} --mode={FLAGS.mode}: error: {e}") from None
 
 
 def find_flag_files_in_project():

@@ -15,6 +15,7 @@ import os
 
 import tensorflow as tf
 
+from data import batch_layout
 from data import decode
 from data import manifest as manifest_lib
 from data import preprocess
@@ -164,16 +165,6 @@ def pseudo_labeled_dataset(data, config, *, num_classes, pseudo_labels="soft", t
                        batch_size=batch_size, skip=skip)
 
 
-def unlabeled_rows(batch_size, unlabeled_batch_ratio):
-  """B*r, the pseudo-labeled rows of a student batch; raises ValueError unless a whole number
-  >= 1."""
-  rows = batch_size * unlabeled_batch_ratio
-  if rows != int(rows) or rows < 1:
-    raise ValueError(f"--batch_size * --unlabeled_batch_ratio must be a whole number >= 1, got "
-                     f"{batch_size} * {unlabeled_batch_ratio}")
-  return int(rows)
-
-
 def student_dataset(labeled, pseudo, batch_size, unlabeled_batch_ratio):
   """Batches for the student: `batch_size` labeled rows first, then the pseudo-labeled rows.
 
@@ -191,8 +182,8 @@ def student_dataset(labeled, pseudo, batch_size, unlabeled_batch_ratio):
   labeled = _unbatched(labeled).repeat().batch(batch_size, drop_remainder=True)
   if pseudo is None:
     return labeled.prefetch(AUTOTUNE)
-  pseudo = _unbatched(pseudo).repeat().batch(unlabeled_rows(batch_size, unlabeled_batch_ratio),
-                                             drop_remainder=True)
+  pseudo = _unbatched(pseudo).repeat().batch(
+      batch_layout.unlabeled_rows(batch_size, unlabeled_batch_ratio), drop_remainder=True)
   both = tf.data.Dataset.zip((labeled, pseudo))
   return both.map(lambda a, b: (tf.concat([a[0], b[0]], 0), tf.concat([a[1], b[1]], 0)),
                   num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

@@ -30,16 +30,20 @@ class InferenceStep:
     strategy: a tf.distribute strategy (default: the current one); under
       MultiWorkerMirroredStrategy, this worker's devices (`distribute.inference_strategy`).
     jit_compile: compile the step with XLA.
+    training: run the model in training mode (batch norm on each replica's batch statistics, as
+      batch-norm recalibration needs): no padding then, since zero rows would change the
+      statistics; a call takes any number of images that the replicas share evenly.
   """
 
-  def __init__(self, model, batch_size, *, strategy=None, jit_compile=False):
+  def __init__(self, model, batch_size, *, strategy=None, jit_compile=False, training=False):
     self.strategy = strategy = distribute.inference_strategy(strategy)
-    replicas = strategy.num_replicas_in_sync
+    self.replicas = replicas = strategy.num_replicas_in_sync
     self.per_replica = -(-int(batch_size) // replicas)
     self.batch_size = self.per_replica * replicas
+    self.training = training
 
     def logits(images):
-      return tf.cast(model(images, training=False), tf.float32)
+      return tf.cast(model(images, training=training), tf.float32)
 
     self._logits = tf.function(logits, jit_compile=bool(jit_compile), reduce_retracing=True)
     self._step = tf.function(self._distributed_step, reduce_retracing=True)
@@ -53,8 +57,14 @@ class InferenceStep:
     count = int(images.shape[0])
     if count > self.batch_size:
       raise ValueError(f"inference batch of {count} images, more than its {self.batch_size}")
-    padded = tf.pad(images, [[0, self.batch_size - count]] + [[0, 0]] * (images.shape.rank - 1))
-    per = self.per_replica
+    if self.training:
+      if count % self.replicas:
+        raise ValueError(f"{count} images do not split evenly over {self.replicas} replicas")
+      padded, per = images, count // self.replicas
+    else:
+      padded = tf.pad(images,
+                      [[0, self.batch_size - count]] + [[0, 0]] * (images.shape.rank - 1))
+      per = self.per_replica
     # Cut per replica on the host; each slice is then copied to its replica's device.
     per_replica = self.strategy.experimental_distribute_values_from_function(
         lambda context: padded[context.replica_id_in_sync_group * per:

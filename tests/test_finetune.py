@@ -95,18 +95,21 @@ def test_documented_finetune_command_continues_the_schedule_and_freezes_blocks(d
 
   written = json.loads((fixres / "train_config.json").read_text())
   config = written["config"]
-  # Eval preprocessing, no noise, the source's schedule (the recipe's peak rate is not used).
+  # Eval preprocessing; dropout and stochastic depth the recipe's, as the reference keeps them
+  # in the layers it trains; the source's schedule (the recipe's peak rate is not used).
+  recipe = (ROOT / "recipes" / "imagenet_l2_student.flags").read_text().split()
   assert config["augment"] is False and config["randaugment_layers"] == 0
-  assert config["dropout_rate"] == 0 and config["survival_prob"] == 1
+  assert f"--dropout_rate={config['dropout_rate']}" in recipe
+  assert f"--survival_prob={config['survival_prob']}" in recipe
   assert config["base_learning_rate"] == PEAK and config["warmup_epochs"] == 0
   assert config["schedule_steps"] == SOURCE_STEPS and written["total_steps"] == FINETUNE_STEPS
 
   history = json.loads((fixres / "history.json").read_text())
   steps_per_epoch = written["steps_per_epoch"]
-  chunk = written["steps_per_keras_epoch"]
   # Logged at the end of each Keras epoch: the rate at the step the optimizer has reached,
   # i.e. the source schedule at (its length - fine-tune length + that step).
-  steps = np.arange(1, len(history["history"]["learning_rate"]) + 1) * chunk
+  steps = np.array(history["history"]["step"])
+  assert steps[-1] == FINETUNE_STEPS
   expected = _source_schedule(SOURCE_STEPS - FINETUNE_STEPS + steps, steps_per_epoch, 4)
   np.testing.assert_allclose(history["history"]["learning_rate"], expected, rtol=1e-6)
   # Far below the peak that a fresh schedule (or the recipe's rate) would start the tail at.

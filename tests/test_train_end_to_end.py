@@ -41,6 +41,7 @@ NUM_LABELED = 40 * NUM_CLASSES
 NUM_TEST = 20 * NUM_CLASSES
 TRAIN_STEPS = 24
 STEPS_PER_KERAS_EPOCH = 3
+INFERENCE_BATCH = 256  # --inference_batch_size's default: the end of a run reads 256 + 144 images
 RUN_TIMEOUT_S = 600
 # Chance is 0.1. A model at chance scores >= 0.6 on 200 test images with probability below
 # 1e-60 (binomial), and 0.6 leaves room below the 0.91 measured for numerics of other CPUs.
@@ -172,11 +173,12 @@ def _batch_norm_layers(model):
 
 def _eval_batches(data, workdir):
   """The labeled images as the run's recalibration and inference check read them: eval
-  preprocessing, in record order, in batches of the run's batch size."""
+  preprocessing, in record order, in batches of the inference batch (--inference_batch_size's
+  default), never of the training batch."""
   config = train.TrainConfig(**_json(workdir / "train_config.json")["config"])
   prep = train.preprocess_config(config, str(data / "labeled"), train=False)
   return [(images.numpy(), labels.numpy()) for images, labels in
-          pipeline.eval_dataset(str(data / "labeled"), prep, batch_size=config.batch_size)]
+          pipeline.eval_dataset(str(data / "labeled"), prep, batch_size=INFERENCE_BATCH)]
 
 
 def _recomputed_batch_statistics(model, batches):
@@ -230,10 +232,10 @@ def test_default_run_learns_and_saves_the_ema_weights_with_recalibrated_batch_no
   # The batch-norm statistics are not the shadows but recalibrated: the mean over the labeled
   # batches of each layer's batch statistics under the saved weights.
   check = history["inference_check"]
-  assert (check["recalibrated"], check["images"], check["batches"]) == (True, NUM_LABELED, 4)
+  assert (check["recalibrated"], check["images"], check["batches"]) == (True, NUM_LABELED, 2)
   assert check["averaged_inference_top1"] < check["batch_statistics_top1"] - train.RECALIBRATION_GAP
   batches = _eval_batches(easy_data, workdir)
-  assert [len(labels) for _, labels in batches] == [128, 128, 128, 16]
+  assert [len(labels) for _, labels in batches] == [INFERENCE_BATCH, NUM_LABELED - INFERENCE_BATCH]
   norms = _batch_norm_layers(saved)
   stored = {n.name: (n.moving_mean.numpy(), n.moving_variance.numpy()) for n in norms}
   # Before the recomputation, which runs the model in training mode and so moves the statistics.
@@ -377,7 +379,7 @@ def test_without_recalibration_the_same_run_is_broken_in_inference_mode(
   assert curves(history) == curves(default_history)
   _assert_same_state(end, default_end)
   off, on = history["inference_check"], default_history["inference_check"]
-  assert (off["recalibrated"], off["images"], off["batches"]) == (False, NUM_LABELED, 4)
+  assert (off["recalibrated"], off["images"], off["batches"]) == (False, NUM_LABELED, 2)
   assert off["batch_statistics_top1"] == on["batch_statistics_top1"] >= LEARNED_TOP1
   # Without recalibration the saved statistics are the EMA shadows of the moving statistics
   # (measured, then put back). After 24 steps at momentum 0.99 the moving statistics are still

@@ -5,18 +5,23 @@ import pytest
 import tensorflow as tf
 
 from noisy_student.phases import train
+from noisy_student.training import plan
 
 
 @pytest.mark.parametrize("total,per_epoch,expected", [
-    (1000, 31.25, (25, 1000)),     # a divisor near one data epoch keeps the total exact
-    (313, 15.6, (16, 320)),        # prime total: rounded up to whole Keras epochs
-    (12, 100.0, (12, 12)),         # shorter than one data epoch
-    (5000, 4000.0, (1000, 5000)),  # capped at MAX_STEPS_PER_KERAS_EPOCH
+    (1000, 31.25, (31, 33, 8)),     # 32 epochs of 31 steps and a last one of 8: exactly 1000
+    (313, 15.6, (16, 20, 9)),       # a prime total is run as asked, not rounded up to 320
+    (469, 312.79, (313, 2, 156)),   # the L2 fine-tune: 1.5 epochs, not 626 steps
+    (12, 100.0, (12, 1, 12)),       # shorter than one data epoch
+    (5000, 4000.0, (1000, 5, 1000)),  # capped at MAX_STEPS_PER_KERAS_EPOCH
+    (57, 3.8, (4, 15, 1)),          # --epochs=15 of 3.8 steps: Keras counts 15 epochs
 ])
-def test_keras_epochs(total, per_epoch, expected):
-  chunk, steps = train.keras_epochs(total, per_epoch)
-  assert (chunk, steps) == expected
-  assert steps % chunk == 0 and 0 <= steps - total < max(per_epoch, 1)
+def test_keras_epochs_tile_exactly_the_steps_asked(total, per_epoch, expected):
+  tiling = plan.keras_epochs(total, per_epoch)
+  assert (tiling.steps, tiling.count, tiling.last) == expected
+  # Restated: every Keras epoch but the last is one data epoch in whole steps, the sum is exact.
+  assert (tiling.count - 1) * tiling.steps + tiling.last == total
+  assert 1 <= tiling.last <= tiling.steps <= max(1, round(per_epoch))
 
 
 def test_interleave_replicas_gives_each_replica_its_labeled_rows_first():

@@ -17,10 +17,12 @@ import logging
 import os
 import time
 
+import numpy as np
 import tensorflow as tf
 
 import efficientnet
 from data import manifest as manifest_lib
+from data import pipeline
 from data import records
 from noisy_student import checkpoints
 from noisy_student import distribute
@@ -30,6 +32,7 @@ from noisy_student.phases import filter_phase
 from noisy_student import plots
 from noisy_student.phases import predict
 from noisy_student.phases import train
+from noisy_student.training import plan as plan_lib
 
 DONE = "DONE"
 SETTINGS = "iterate_settings.json"
@@ -107,11 +110,13 @@ def check_settings(workdir, settings, write=True):
   `write`: the chief of several workers).
 
   Finished phases are reused by their DONE marks, so a changed recipe run into the same workdir
-  would otherwise mix old results into the new table. Only `student_models` may differ: one list
-  must start with the other (a run with more iterations continues one with fewer).
+  would otherwise mix old results into the new table. Only the rounds may differ, and only by
+  length: one list must start with the other (a run with more iterations continues one with
+  fewer).
 
   Args:
-    settings: JSON-serialisable dict of everything that shapes the results.
+    settings: JSON-serialisable dict of everything that shapes the results; its "rounds" a list
+      of each round's settings.
 
   Raises:
     ValueError: naming the workdir and each setting that differs.
@@ -121,15 +126,14 @@ def check_settings(workdir, settings, write=True):
   if tf.io.gfile.exists(path):
     recorded = _load_json(path)
     differing = _differences(recorded, settings)
-    old_models, new_models = recorded.get("student_models", []), settings["student_models"]
-    common = min(len(old_models), len(new_models))
-    if old_models[:common] != new_models[:common]:
-      differing.append(f"student_models: {old_models} -> {new_models}")
+    old_rounds, new_rounds = recorded.get("rounds", []), settings["rounds"]
+    for k, (old, new) in enumerate(zip(old_rounds, new_rounds), start=1):
+      differing += _differences(old, new, f"round {k} ")
     if differing:
       raise ValueError(f"--workdir {workdir} holds an iterate run with other settings "
                        f"({'; '.join(differing)}): its finished phases would be reused. Use "
                        "another --workdir, or remove this one to start over.")
-    if len(new_models) <= len(old_models):
+    if len(new_rounds) <= len(old_rounds):
       return
   elif any(_done(os.path.join(workdir, "iter_0", phase)) for phase in ("train", "eval")):
     logging.warning("iterate: %s has finished phases but no %s (an older run): they are reused "
@@ -141,10 +145,11 @@ def check_settings(workdir, settings, write=True):
 
 
 def _differences(recorded, settings, prefix=""):
-  """'name: old -> new' for every leaf that differs, student_models aside."""
+  """'name: old -> new' for every leaf that differs, the rounds list aside (compared round by
+  round by `check_settings`)."""
   found = []
   for key in sorted(set(recorded) | set(settings)):
-    if not prefix and key == "student_models":
+    if not prefix and key == "rounds":
       continue
     old, new = recorded.get(key), settings.get(key)
     if isinstance(old, dict) and isinstance(new, dict):
@@ -152,6 +157,43 @@ def _differences(recorded, settings, prefix=""):
     elif old != new:
       found.append(f"{prefix}{key}: {old!r} -> {new!r}")
   return found
+
+
+@dataclasses.dataclass(frozen=True)
+class Round:
+  """What one round trains after its teacher's predict and filter.
+
+  Attributes:
+    student: the student's `train.TrainConfig` (its model, image size, unlabeled ratio, length,
+      noise).
+    init: "scratch" (the paper) or "teacher": start the student from its teacher's weights where
+      layer shapes match, which reaches a given accuracy in fewer steps.
+    finetune: an optional FixRes step after the student: a `train.TrainConfig` with the larger
+      image size, its length and frozen blocks, made a fine-tune by `train.finetune_config`
+      (eval preprocessing, the tail of the student's schedule). The round is then evaluated at
+      that size, and the fine-tuned model is what it hands on as the next teacher.
+    finetune_noise: keep dropout and stochastic depth in the layers the fine-tune trains.
+  """
+  student: train.TrainConfig
+  init: str = "scratch"
+  finetune: train.TrainConfig | None = None
+  finetune_noise: bool = True
+
+  def __post_init__(self):
+    if self.init not in STUDENT_INITS:
+      raise ValueError(f"--student_init must be one of {STUDENT_INITS}, got {self.init!r}")
+
+  def settings(self):
+    """What shapes the round's results (iterate_settings.json, summary.json): how often
+    training evaluates does not."""
+    def recorded(config):
+      return config and {k: v for k, v in dataclasses.asdict(config).items()
+                         if k != "eval_every_keras_epochs"}
+    return {"student": recorded(self.student), "init": self.init,
+            "finetune": recorded(self.finetune), "finetune_noise": self.finetune_noise}
+
+
+STUDENT_INITS = ("scratch", "teacher")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,56 +278,64 @@ def _round_row(k, role, model, metrics, **extra):
 
 
 def summary_table(rounds):
-  """Lines of a plain-text table: one row per round, test top-1 in percent and its change over
-  the first teacher in points, and validation top-1 when the rounds were scored on one."""
+  """Lines of a plain-text table: one row per round, the size it was evaluated at, test top-1
+  in percent, its change in points over its own teacher (the round before) and over the first
+  teacher, and validation top-1 when the rounds were scored on one."""
   validation = all("validation_top1" in r for r in rounds)
-  lines = [f"{'round':<6} {'role':<8} {'model':<16} {'top-1 %':>7} {'vs teacher':>10}"
+  lines = [f"{'round':<6} {'role':<8} {'model':<16} {'size':>5} {'top-1 %':>7} "
+           f"{'vs teacher':>10} {'vs round 0':>10}"
            + (f" {'val top-1 %':>11}" if validation else "")]
-  for r in rounds:
-    change = f"{100 * (r['top1'] - rounds[0]['top1']):+.2f}" if r["round"] else ""
+  for previous, r in zip([None, *rounds], rounds):
+    change = f"{100 * (r['top1'] - previous['top1']):+.2f}" if previous else ""
+    first = f"{100 * (r['top1'] - rounds[0]['top1']):+.2f}" if previous else ""
     val = f" {100 * r['validation_top1']:>11.2f}" if validation else ""
-    lines.append(f"{r['round']:<6} {r['role']:<8} {r['model']:<16} {100 * r['top1']:>7.2f} "
-                 f"{change:>10}{val}".rstrip())
+    size = r.get("eval_image_size") or ""
+    lines.append(f"{r['round']:<6} {r['role']:<8} {r['model']:<16} {size:>5} "
+                 f"{100 * r['top1']:>7.2f} {change:>10} {first:>10}{val}".rstrip())
   return lines
 
 
-def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_data, eval_data,
+def _image_size(checkpoint):
+  run = checkpoints.load_run_config(checkpoint)
+  return run and run["image_size"]
+
+
+def iterate(teacher_config, rounds, workdir, *, labeled_data, unlabeled_data, eval_data,
             filter_rule=None, validation_data=None, predict_config=None, eval_config=None,
-            strategy=None, student_overrides=None, student_init="scratch",
-            teacher_checkpoint=None):
-  """Runs K = len(student_models) Noisy Student rounds.
+            strategy=None, teacher_checkpoint=None):
+  """Runs K = len(rounds) Noisy Student rounds.
 
   Args:
-    teacher_config: `train.TrainConfig` of the first teacher; students copy it with their model.
-    student_models: variant per round, each equal or larger than the one before.
+    teacher_config: `train.TrainConfig` of the first teacher.
+    rounds: a `Round` per round: its student's config, start and optional FixRes fine-tune;
+      each student equal or larger than the one before.
     workdir: root of `iter_<k>/<phase>/`.
     labeled_data, unlabeled_data, eval_data: data arguments (directories or globs).
     predict_config: `predict.PredictConfig` of the teacher's predictions (top-k, batch size);
       the workers' split is iterate's own.
     eval_config: `evaluate.EvalConfig` of every round's eval.
     validation_data: a held-out labeled split evaluated beside eval_data in every round (choices
-      are made on it, and the teacher check uses it), and while training when teacher_config's
+      are made on it, and the teacher check uses it), and while training when a config's
       eval_every_keras_epochs is set (the test set is not read then), optional.
     filter_rule: `filter_balance.FilterRule` of every round's filter (default: the paper's).
     strategy: tf.distribute strategy for training, predict and eval; under
       MultiWorkerMirroredStrategy, see the module docstring.
-    student_overrides: TrainConfig fields to change for students (e.g. epochs).
-    student_init: "scratch" (the paper) or "teacher": start each student from its teacher's
-      weights where layer shapes match, which reaches a given accuracy in fewer steps.
     teacher_checkpoint: a `Teacher` to start from instead of training one: round 0 only
       evaluates it (no `iter_0/train`), and round 1 predicts with it.
 
   Returns:
-    The summary (also `<workdir>/summary.json`): per round model, top-1, top-5, kept images.
+    The summary (also `<workdir>/summary.json`): per round model, the values it trained with,
+    top-1, top-5, kept images.
   """
   first = (teacher_checkpoint.variant_and_classes()[0] if teacher_checkpoint
            else teacher_config.model)
   order = list(efficientnet.VARIANTS)
-  sizes = [order.index(first)] + [order.index(m) for m in student_models]
+  models = [first] + [r.student.model for r in rounds]
+  sizes = [order.index(m) for m in models]
   if sizes != sorted(sizes):
-    raise ValueError(f"students must be equal or larger than their teachers: "
-                     f"{[first] + list(student_models)}")
-  if teacher_config.eval_every_keras_epochs and not validation_data:
+    raise ValueError(f"students must be equal or larger than their teachers: {models}")
+  evaluates_while_training = [teacher_config] + [r.student for r in rounds]
+  if any(c.eval_every_keras_epochs for c in evaluates_while_training) and not validation_data:
     raise ValueError("--eval_every_keras_epochs in iterate evaluates on --validation_data, which "
                      "is not given (the test set, --eval_data, is read once per model, at its "
                      "end)")
@@ -297,30 +347,33 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
   recorded_config = {k: v for k, v in dataclasses.asdict(teacher_config).items()
                      if k != "eval_every_keras_epochs"}
   settings = {
-      "teacher_config": recorded_config, "student_models": list(student_models),
+      "teacher_config": recorded_config, "rounds": [r.settings() for r in rounds],
       "labeled_data": labeled_data, "unlabeled_data": unlabeled_data, "eval_data": eval_data,
       "validation_data": validation_data,
       "filter_rule": dataclasses.asdict(filter_rule),
       "predict_config": dataclasses.asdict(predict_config),
-      "student_overrides": student_overrides or {}, "student_init": student_init,
       "teacher_checkpoint": teacher_checkpoint and dataclasses.asdict(teacher_checkpoint)}
   check_settings(workdir, settings, write=worker.chief)
-  rounds = []
+
+  def evaluated(teacher, directory):
+    return _phase(directory, lambda: _eval(teacher, eval_data, validation_data, directory,
+                                           eval_config, strategy, filter_rule.threshold), worker)
+
+  def trained(config, directory, role, **kwargs):
+    return _phase(directory, lambda: train.train(
+        config, labeled_data, directory, validation_data=validation_data, strategy=strategy,
+        eval_config=eval_config, role=role, **kwargs)["total_steps"], worker, everyone=True)
+
+  summary_rounds = []
   teacher = teacher_checkpoint
   if teacher is None:
     teacher_dir = os.path.join(workdir, "iter_0", "train")
-    _phase(teacher_dir, lambda: train.train(teacher_config, labeled_data, teacher_dir,
-                                            validation_data=validation_data,
-                                            strategy=strategy)["total_steps"], worker,
-           everyone=True)
+    trained(teacher_config, teacher_dir, "teacher")
     teacher = Teacher(teacher_dir)
-  metrics = _phase(os.path.join(workdir, "iter_0", "eval"),
-                   lambda: _eval(teacher, eval_data, validation_data,
-                                 os.path.join(workdir, "iter_0", "eval"), eval_config, strategy,
-                                 filter_rule.threshold),
-                   worker)
-  rounds.append(_round_row(0, "teacher", first, metrics))
-  for k, student in enumerate(student_models, start=1):
+  metrics = evaluated(teacher, os.path.join(workdir, "iter_0", "eval"))
+  summary_rounds.append(_round_row(0, "teacher", first, metrics,
+                                   eval_image_size=_image_size(teacher.checkpoint)))
+  for k, spec in enumerate(rounds, start=1):
     root = os.path.join(workdir, f"iter_{k}")
     predict_dir, filter_dir = os.path.join(root, "predict"), os.path.join(root, "filter")
     student_dir, eval_dir = os.path.join(root, "train"), os.path.join(root, "eval")
@@ -346,24 +399,155 @@ def iterate(teacher_config, student_models, workdir, *, labeled_data, unlabeled_
     stats = _phase(filter_dir, lambda: filter_phase.filter_and_balance_phase(
         predict_dir, unlabeled_data, filter_dir, filter_rule),
                    worker)
-    config = dataclasses.replace(teacher_config, model=student, **(student_overrides or {}))
-    init = teacher.checkpoint if student_init == "teacher" else None
-    _phase(student_dir, lambda: train.train(config, labeled_data, student_dir,
-                                            pseudo_labeled_data=filter_dir,
-                                            validation_data=validation_data, init_checkpoint=init,
-                                            init_checkpoint_format=teacher.checkpoint_format,
-                                            strategy=strategy)["total_steps"],
-           worker, everyone=True)
-    metrics = _phase(eval_dir, lambda: _eval(Teacher(student_dir), eval_data, validation_data,
-                                             eval_dir, eval_config, strategy,
-                                             filter_rule.threshold), worker)
-    rounds.append(_round_row(k, "student", student, metrics,
-                             pseudo_labeled=stats["totals"]["with_copies"]))
-    teacher = Teacher(student_dir)
-  summary = {"rounds": rounds, "table": summary_table(rounds)}
+    init = teacher.checkpoint if spec.init == "teacher" else None
+    trained(spec.student, student_dir, "student", pseudo_labeled_data=filter_dir,
+            init_checkpoint=init, init_checkpoint_format=teacher.checkpoint_format)
+    handed_on = student_dir
+    if spec.finetune is not None:
+      handed_on = os.path.join(root, "finetune")
+      config = train.finetune_config(spec.finetune, checkpoints.load_run_config(student_dir),
+                                     noise=spec.finetune_noise)
+      trained(config, handed_on, "finetune", init_checkpoint=student_dir)
+    metrics = evaluated(Teacher(handed_on), eval_dir)
+    summary_rounds.append(_round_row(
+        k, "student", spec.student.model, metrics, pseudo_labeled=stats["totals"]["with_copies"],
+        image_size=train.run_image_size(spec.student),
+        unlabeled_batch_ratio=spec.student.unlabeled_batch_ratio,
+        train_steps=_load_done(student_dir), init=spec.init,
+        finetune_image_size=spec.finetune and train.run_image_size(spec.finetune),
+        eval_image_size=_image_size(handed_on)))
+    teacher = Teacher(handed_on)
+  summary = {"rounds": summary_rounds, "table": summary_table(summary_rounds)}
   if not worker.chief:
     return summary
   records.write_text_atomically(os.path.join(workdir, "summary.json"),
                                 json.dumps(summary, indent=1) + "\n")
-  plots.accuracy_per_round(rounds, os.path.join(workdir, "accuracy_per_round.png"))
+  plots.accuracy_per_round(summary_rounds, os.path.join(workdir, "accuracy_per_round.png"))
   return summary
+
+
+def _expected_pseudo_rows(rule, num_classes, unlabeled_rows):
+  """What the filter will write before it has run: N for every class the teacher gives a kept
+  image when it balances and duplicates (so at most N per class); at most N per class or every
+  unlabeled image otherwise."""
+  if rule.images_per_class is None:
+    return unlabeled_rows, "at most"
+  if rule.duplicate:
+    return rule.images_per_class * num_classes, "at most"
+  return min(rule.images_per_class * num_classes, unlabeled_rows), "at most"
+
+
+def _filter_plan(filter_dir, predict_dir, unlabeled_data, rule, num_classes, unlabeled_rows):
+  """The filter's kept and duplicated counts: its stats when it has run, counted from the
+  predictions (nothing written) when they exist, else what its rule implies."""
+  if _done(filter_dir):
+    totals = _load_done(filter_dir)["totals"]
+    return {"source": "filter done", **totals}, totals["with_copies"]
+  if _done(predict_dir):
+    totals = filter_phase.count_selection(predict_dir, unlabeled_data, rule)
+    return {"source": "counted from the predictions", **totals}, totals["with_copies"]
+  rows, bound = _expected_pseudo_rows(rule, num_classes, unlabeled_rows)
+  return {"source": "before predict: from the rule", "with_copies": rows, "bound": bound}, rows
+
+
+def plan_iterate(teacher_config, rounds, workdir, *, labeled_data, unlabeled_data, eval_data,
+                 filter_rule=None, validation_data=None, predict_config=None, strategy=None,
+                 teacher_checkpoint=None):
+  """What `iterate` with these arguments would do, per round and phase, checked as it checks
+  them (the models' order, the settings against the workdir's, the data's rows and classes, the
+  teacher), without training, predicting or writing anything.
+
+  Returns:
+    {"rounds": [per round {"round", "phases": {phase: its plan}}], "lines": the plan for
+    people}: train phases as `plan.TrainPlan.as_dict()`, predict its image size and storage,
+    filter its counts (`_filter_plan`), eval its image size.
+  """
+  strategy = strategy or tf.distribute.get_strategy()
+  replicas = strategy.num_replicas_in_sync
+  predict_config = predict_config or predict.PredictConfig()
+  filter_rule = filter_rule or filter_balance.FilterRule()
+  first = (teacher_checkpoint.variant_and_classes()[0] if teacher_checkpoint
+           else teacher_config.model)
+  order = list(efficientnet.VARIANTS)
+  models = [first] + [r.student.model for r in rounds]
+  if [order.index(m) for m in models] != sorted(order.index(m) for m in models):
+    raise ValueError(f"students must be equal or larger than their teachers: {models}")
+  settings = {
+      "teacher_config": {k: v for k, v in dataclasses.asdict(teacher_config).items()
+                         if k != "eval_every_keras_epochs"},
+      "rounds": [r.settings() for r in rounds], "labeled_data": labeled_data,
+      "unlabeled_data": unlabeled_data, "eval_data": eval_data,
+      "validation_data": validation_data, "filter_rule": dataclasses.asdict(filter_rule),
+      "predict_config": dataclasses.asdict(predict_config),
+      "teacher_checkpoint": teacher_checkpoint and dataclasses.asdict(teacher_checkpoint)}
+  check_settings(workdir, settings, write=False)
+  data = train.load_run_data(teacher_config, labeled_data, eval_data=eval_data,
+                             validation_data=validation_data)
+  unlabeled_rows = pipeline.count_examples(unlabeled_data)
+  key = _first_key(unlabeled_data)
+  record_bytes = len(predict.prediction_record(
+      key, np.full(data.num_classes, 1.0 / data.num_classes, np.float32), predict_config.top_k))
+
+  def planned(config, role, pseudo_rows=None):
+    return train.plan_run(config, dataclasses.replace(data, pseudo_rows=pseudo_rows,
+                                                      pseudo_labeled_data=None),
+                          replicas=replicas, role=role)
+
+  planned_rounds, lines = [], []
+  if teacher_checkpoint is None:
+    teacher = planned(teacher_config, "teacher")
+    size = teacher.image_size
+    phases = {"train": teacher.as_dict(), "eval": {"image_size": size}}
+    lines += ["round 0:", *[f"  {line}" for line in teacher.lines()]]
+  else:
+    size = teacher_checkpoint.image_size or _checkpoint_image_size(teacher_checkpoint)
+    phases = {"eval": {"image_size": size, "checkpoint": teacher_checkpoint.checkpoint}}
+    lines += [f"round 0: teacher {teacher_checkpoint.checkpoint} at {size}px (evaluated only)"]
+  planned_rounds.append({"round": 0, "phases": phases})
+  for k, spec in enumerate(rounds, start=1):
+    root = os.path.join(workdir, f"iter_{k}")
+    storage = plan_lib.prediction_storage(unlabeled_rows, record_bytes)
+    kept, pseudo_rows = _filter_plan(os.path.join(root, "filter"), os.path.join(root, "predict"),
+                                     unlabeled_data, filter_rule, data.num_classes,
+                                     unlabeled_rows)
+    student = planned(spec.student, "student", pseudo_rows)
+    phases = {"predict": {"image_size": size, "storage": storage}, "filter": kept,
+              "train": student.as_dict()}
+    lines += [f"round {k}:",
+              f"  predict {unlabeled_rows:,} images at {size}px: {storage['bytes'] / 1e9:.3g} GB "
+              f"of predictions ({record_bytes} bytes a record)",
+              f"  filter: {kept.get('bound', '')} {pseudo_rows:,} pseudo-labeled rows "
+              f"({kept['source']})".replace(":  ", ": "),
+              *[f"  {line}" for line in student.lines()]]
+    size = student.image_size
+    if spec.finetune is not None:
+      continued = {"config": dataclasses.asdict(spec.student), "total_steps": student.total_steps}
+      tune = planned(train.finetune_config(spec.finetune, continued, noise=spec.finetune_noise),
+                     "finetune")
+      phases["finetune"] = tune.as_dict()
+      lines += [f"  {line}" for line in tune.lines()]
+      size = tune.image_size
+    phases["eval"] = {"image_size": size}
+    lines.append(f"  eval at {size}px")
+    planned_rounds.append({"round": k, "phases": phases})
+  return {"workdir": workdir, "replicas": replicas, "rounds": planned_rounds, "lines": lines}
+
+
+def _checkpoint_image_size(teacher):
+  """The size a given teacher sees images at: its train run's, else its variant's."""
+  run = checkpoints.load_run_config(teacher.checkpoint) if teacher.checkpoint_format == "keras" \
+      else None
+  if run is not None:
+    return run["image_size"]
+  variant = (teacher.model_args or {}).get("variant") or teacher.variant_and_classes()[0]
+  return (teacher.model_args or {}).get("image_size") or efficientnet.get_variant(
+      variant).resolution
+
+
+def _first_key(data):
+  """The key of the first record of `data`: prediction records carry it, so their size depends
+  on it."""
+  for serialized in pipeline.ordered_records(pipeline.resolve_shards(data)).take(1):
+    example = tf.train.Example.FromString(serialized.numpy())
+    return example.features.feature[records.KEY].bytes_list.value[0]
+  raise ValueError(f"--unlabeled_data {data!r} holds no records")

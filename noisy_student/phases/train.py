@@ -1,14 +1,18 @@
 """The train phase: one `model.fit` loop for the teacher, the student and FixRes fine-tuning.
 
 Teacher: labeled data only. Student: labeled + pseudo-labeled rows in every batch
-(`unlabeled_batch_ratio` of them per labeled row). Fine-tune: a larger image size, no noise, the
-first blocks frozen, a short schedule. Noise (RandAugment, dropout, stochastic depth) applies
-whenever a model trains; the config sets its strength.
+(`unlabeled_batch_ratio` of them per labeled row). Fine-tune (`finetune_config`): a larger image
+size, eval preprocessing, the first blocks frozen, the tail of the run's schedule. Noise
+(RandAugment, dropout, stochastic depth) applies whenever a model trains; the config sets its
+strength.
 
-A run writes into its workdir: `backup/` (`Backup`: a killed run resumes from its last Keras
-epoch when the same command runs again), `tensorboard/` (with `periodic_eval/` when it evaluates
-while training, see training/periodic_eval.py), `history.json`, `train_config.json`
-and, last, `model.keras` (the EMA weights) whose presence marks the run done. In a multi-worker
+`train` is a plan (training/plan.py: plain arithmetic, what `--dry_run` prints) executed by named
+steps: `load_run_data`, `plan_run`, `check_workdir`, `build`, `resume`, `fit`, `settle_batch_norm`
+and `save`. A run writes into its workdir: `backup/` (`Backup`: a killed run resumes from its last
+Keras epoch when the same command runs again), `tensorboard/` (with `periodic_eval/` when it
+evaluates while training, see training/periodic_eval.py), `history.json`, `train_config.json`
+and, last, `model.keras` (the EMA weights) whose presence marks the run done: the same command
+again reports it and does nothing, other settings are refused (`check_workdir`). In a multi-worker
 run only the chief writes there.
 """
 
@@ -26,23 +30,26 @@ import keras
 import tensorflow as tf
 
 import efficientnet
+from data import batch_layout
 from data import manifest as manifest_lib
 from data import pipeline
 from data import preprocess
 from data import records
-from noisy_student.training import batch_norm
 from noisy_student import checkpoints
 from noisy_student import distribute
-from noisy_student.training import ema
+from noisy_student import inference
+from noisy_student import plots
 from noisy_student.phases import evaluate
+from noisy_student.training import batch_norm
+from noisy_student.training import ema
 from noisy_student.training import losses
 from noisy_student.training import metrics
 from noisy_student.training import optimizers
 from noisy_student.training import periodic_eval
-from noisy_student import plots
+from noisy_student.training import plan as plan_lib
 from noisy_student.training import schedules
 
-MAX_STEPS_PER_KERAS_EPOCH = 1000  # backups and TensorBoard points at least this often
+MAX_STEPS_PER_KERAS_EPOCH = plan_lib.MAX_STEPS_PER_KERAS_EPOCH
 NORMALIZATIONS = ("manifest", "imagenet", "svhn")
 
 
@@ -101,7 +108,7 @@ class TrainConfig:
     # bad ratio would otherwise stop the first student after the teacher's hours of training.
     # 0 means labeled data only (the reference's unlabel_ratio=0); a student then refuses it.
     if self.unlabeled_batch_ratio:
-      pipeline.unlabeled_rows(self.batch_size, self.unlabeled_batch_ratio)
+      batch_layout.unlabeled_rows(self.batch_size, self.unlabeled_batch_ratio)
     if self.schedule_steps is not None and self.schedule_steps < 1:
       raise ValueError(f"schedule_steps must be >= 1, got {self.schedule_steps}")
     if self.batch_norm_recalibration not in BATCH_NORM_RECALIBRATIONS:
@@ -123,16 +130,21 @@ def uses_pad_crop(config):
   return config.small_image if config.pad_crop is None else config.pad_crop
 
 
+def run_image_size(config):
+  """The size a run trains and evaluates at: --image_size, else 32 with --small_image, else the
+  variant's resolution."""
+  return config.image_size or (
+      32 if config.small_image else efficientnet.get_variant(config.model).resolution)
+
+
 def preprocess_config(config, labeled_data, *, image_size=None, train=True):
   """The PreprocessConfig of a run; mean/std from the labeled data's manifest or a named set."""
   if config.normalization == "manifest":
     mean, std = manifest_lib.load_normalization(labeled_data)
   else:
     mean, std = preprocess.NORMALIZATIONS[config.normalization]
-  size = image_size or config.image_size or (
-      32 if config.small_image else efficientnet.get_variant(config.model).resolution)
   return preprocess.PreprocessConfig(
-      image_size=size, small_image=uses_pad_crop(config),
+      image_size=image_size or run_image_size(config), small_image=uses_pad_crop(config),
       randaugment_layers=config.randaugment_layers if train else 0,
       randaugment_magnitude=config.randaugment_magnitude, cutout=config.cutout and train,
       flip=config.flip, mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
@@ -165,19 +177,26 @@ def freeze_first_blocks(model, num_blocks):
         layer.rate = 0.0
 
 
-def keras_epochs(total_steps, steps_per_epoch):
-  """(steps per Keras epoch, total steps) so that Keras epochs tile the run.
+# The schedule settings a fine-tune takes from the run it continues.
+SCHEDULE_FIELDS = ("base_learning_rate", "final_learning_rate", "warmup_epochs", "lr_decay_epochs",
+                   "lr_decay_factor")
 
-  A Keras epoch is about one data epoch (at most MAX_STEPS_PER_KERAS_EPOCH steps): backups,
-  TensorBoard points and progress lines come that often. The largest divisor of total_steps near
-  that size keeps the total exact; when there is none (a prime total, say), the total is rounded
-  up to a whole number of Keras epochs, less than one data epoch more.
-  """
-  target = max(1, min(int(round(steps_per_epoch)), MAX_STEPS_PER_KERAS_EPOCH, total_steps))
-  for chunk in range(target, (target + 1) // 2 - 1, -1):
-    if total_steps % chunk == 0:
-      return chunk, total_steps
-  return target, math.ceil(total_steps / target) * target
+
+def finetune_config(config, continued_run=None, *, noise=True):
+  """FixRes fine-tuning of `config` (its image size, steps and frozen blocks already set) as the
+  reference does it (`remove_aug`, `fix_layer_num`, `train_last_step_num`): eval preprocessing for
+  training, no RandAugment or Cutout; dropout and stochastic depth stay in the layers it trains
+  (the frozen ones run in inference mode), unless `noise` is False; and, when `continued_run` (the
+  train_config.json of the run it starts from) is given, the learning rate of the last steps of
+  that run's schedule. Without it (a .keras file alone, a reference checkpoint) the schedule is
+  the config's own, from step 0."""
+  overrides = {"augment": False, "randaugment_layers": 0, "cutout": False}
+  if not noise:
+    overrides.update(dropout_rate=0.0, survival_prob=1.0)
+  if continued_run is not None:
+    overrides.update({name: continued_run["config"][name] for name in SCHEDULE_FIELDS})
+    overrides["schedule_steps"] = continued_run["total_steps"]
+  return dataclasses.replace(config, **overrides)
 
 
 def interleave_replicas(dataset, labeled_rows, num_replicas):
@@ -279,34 +298,36 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 
 class _RunFacts(keras.callbacks.Callback):
-  """Adds wall time and the learning rate to each Keras epoch's logs (history and TensorBoard)."""
+  """Adds the steps done, the data epochs they make, wall time and the learning rate to each
+  Keras epoch's logs (history and TensorBoard)."""
+
+  def __init__(self, steps_per_epoch):
+    super().__init__()
+    self.steps_per_epoch = steps_per_epoch
 
   def on_train_begin(self, logs=None):
     self.start = time.perf_counter()
 
   def on_epoch_end(self, epoch, logs=None):
     if logs is not None:
+      step = int(self.model.optimizer.iterations.numpy())
+      logs["step"] = step
+      logs["data_epoch"] = step / self.steps_per_epoch
       logs["wall_seconds"] = time.perf_counter() - self.start
       logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
-def learning_rate_schedule(config, steps_per_epoch, total_steps):
-  """The run's schedule: warm-up and decay over `total_steps`, or, with `config.schedule_steps`
-  (FixRes fine-tuning), the last `total_steps` steps of a schedule that long (the reference's
-  `train_last_step_num`: the rate continues where the training run's schedule ends)."""
-  schedule_steps = config.schedule_steps or total_steps
-  if schedule_steps < total_steps:
-    raise ValueError(f"the run has {total_steps} steps, more than the {schedule_steps} of the "
-                     "schedule whose tail it continues")
-  decay_epochs = config.lr_decay_epochs
-  if config.final_learning_rate is not None:
-    decay_epochs = schedules.decay_epochs_for_final_learning_rate(
-        config.base_learning_rate, config.final_learning_rate, schedule_steps / steps_per_epoch,
-        warmup_epochs=config.warmup_epochs, decay_rate=config.lr_decay_factor)
-  return schedules.WarmupExponentialDecay(
-      schedules.scaled_learning_rate(config.base_learning_rate, config.batch_size),
-      steps_per_epoch, warmup_epochs=config.warmup_epochs, decay_epochs=decay_epochs,
-      decay_rate=config.lr_decay_factor, start_step=schedule_steps - total_steps)
+class StopAtStep(keras.callbacks.Callback):
+  """Ends the run after exactly `total_steps` optimizer steps: Keras epochs of one size cannot
+  tile every total, so the last one stops short (plan.keras_epochs)."""
+
+  def __init__(self, total_steps):
+    super().__init__()
+    self.total_steps = total_steps
+
+  def on_train_batch_end(self, batch, logs=None):
+    if int(self.model.optimizer.iterations.numpy()) >= self.total_steps:
+      self.model.stop_training = True
 
 
 # A saved model this far (top-1 points) below its batch-statistics accuracy on the same training
@@ -321,34 +342,41 @@ BATCH_NORM_RECALIBRATIONS = ("auto", "always", "never")
 RECALIBRATION_GAP = 0.02
 
 
-def recalibration_sample(config, labeled_data):
+def recalibration_sample(config, labeled_data, batch_size=inference.BATCH_SIZE, replicas=1):
   """(dataset, batches): the labeled images batch norm is recalibrated on and the inference
-  check reads, eval preprocessing, in record order."""
+  check reads, eval preprocessing, in record order, in batches of at most `batch_size` (the
+  inference batch: the end of a run never holds more than one of them per replica set) rounded
+  down to a multiple of the replicas."""
   images = config.batch_norm_recalibration_images
-  batch = min(config.batch_size, images)
+  batch = max(replicas, min(batch_size, images) // replicas * replicas)
   prep = preprocess_config(config, labeled_data, train=False)
   return pipeline.eval_dataset(labeled_data, prep, batch_size=batch), max(1, images // batch)
 
 
-def settle_batch_norm(model, config, labeled_data):
+def settle_batch_norm(model, config, labeled_data, *, batch_size=inference.BATCH_SIZE,
+                      strategy=None):
   """Leaves `model`'s batch-norm moving statistics as the run saves them, and says why.
 
   Measures top-1 on the recalibration sample in inference mode with the averaged moving
   statistics and under batch statistics (what training saw, without noise), then keeps the
   averaged ones or recalibrates (batch_norm.py) as --batch_norm_recalibration says (module
-  constants). Returns {"batches", "images", "batch_statistics_top1", "averaged_inference_top1",
+  constants). Every pass runs in batches of at most `batch_size` through `strategy`'s replicas.
+  Returns {"batches", "images", "batch_statistics_top1", "averaged_inference_top1",
   "recalibrated", "inference_top1"}: the last is of the statistics kept.
   """
-  sample, batches = recalibration_sample(config, labeled_data)
+  strategy = strategy or tf.distribute.get_strategy()
+  sample, batches = recalibration_sample(config, labeled_data, batch_size,
+                                         distribute.inference_strategy(
+                                             strategy).num_replicas_in_sync)
   sample = sample.take(batches)
   averaged = [keras.ops.convert_to_numpy(v) for v in ema.batch_norm_statistics(model)]
-  averaged_top1 = evaluate.evaluate(model, sample)["top1"]
-  found = batch_norm.recalibrate(model, sample, batches)
+  averaged_top1 = evaluate.evaluate(model, sample, strategy=strategy)["top1"]
+  found = batch_norm.recalibrate(model, sample, batches, strategy=strategy)
   mode = config.batch_norm_recalibration
   recalibrated = mode == "always" or (
       mode == "auto" and found["batch_statistics_top1"] - averaged_top1 > RECALIBRATION_GAP)
   if recalibrated:
-    inference_top1 = evaluate.evaluate(model, sample)["top1"]
+    inference_top1 = evaluate.evaluate(model, sample, strategy=strategy)["top1"]
   else:
     for variable, value in zip(ema.batch_norm_statistics(model), averaged):
       variable.assign(value)
@@ -372,7 +400,8 @@ def saved_model_metrics(model, config, labeled_data, data, prep, eval_config, st
   averaged = ema.swap_to_ema(model) if config.ema_decay is not None else contextlib.nullcontext()
   try:
     with averaged:
-      settle_batch_norm(model, config, labeled_data)
+      settle_batch_norm(model, config, labeled_data, batch_size=eval_config.batch_size,
+                        strategy=strategy)
       return evaluate.evaluate_data(model, data, prep, eval_config, strategy=strategy)
   finally:
     # swap_to_ema puts back what it swapped; without the EMA, recalibration wrote the live ones.
@@ -380,12 +409,14 @@ def saved_model_metrics(model, config, labeled_data, data, prep, eval_config, st
       variable.assign(value)
 
 
-def check_inference_mode(model, config, labeled_data):
+def check_inference_mode(model, config, labeled_data, *, batch_size=inference.BATCH_SIZE,
+                         strategy=None):
   """Makes the saved model right in inference mode (`settle_batch_norm`), and checks it: a
   saved model more than INFERENCE_GAP_WARNING below its batch-statistics top-1 on the sample is
   logged as an error with both numbers. Returns the numbers (history.json's "inference_check").
   """
-  found = settle_batch_norm(model, config, labeled_data)
+  found = settle_batch_norm(model, config, labeled_data, batch_size=batch_size,
+                            strategy=strategy)
   gap = found["batch_statistics_top1"] - found["inference_top1"]
   if gap > INFERENCE_GAP_WARNING:
     logging.error(
@@ -397,89 +428,142 @@ def check_inference_mode(model, config, labeled_data):
   return found
 
 
-def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=None,
-          validation_data=None, init_checkpoint=None, init_checkpoint_format="keras", strategy=None,
-          eval_config=None, verbose=None):
-  """Trains a teacher (no pseudo_labeled_data), a student, or a fine-tuned model.
+@dataclasses.dataclass(frozen=True)
+class RunData:
+  """What a run reads, counted before any work: the paths and their rows and classes."""
+  labeled_data: str
+  num_classes: int
+  labeled_rows: int
+  pseudo_labeled_data: str | None = None
+  pseudo_rows: int | None = None
 
-  Args:
-    config: `TrainConfig`.
-    labeled_data: directory with manifest.json or glob of labeled shards.
-    workdir: this run's directory (see module docstring).
-    pseudo_labeled_data: filter output (directory or glob), for a student.
-    eval_data: evaluated with the EMA weights at the end (metrics.json), optional.
-    validation_data: evaluated beside eval_data (metrics.json's "validation"), optional. With
-      config.eval_every_keras_epochs, also during training (history.json's "periodic_eval",
-      `saved_model_metrics`); eval_data then only when there is no validation_data.
-    init_checkpoint: warm start from a train workdir / .keras file (or a reference checkpoint).
-    init_checkpoint_format: "keras" or "reference".
-    strategy: a tf.distribute strategy (default: the current one); the final eval runs under it
-      too.
-    eval_config: `evaluate.EvalConfig` of the final eval (its batch size; the precision and XLA
-      are the run's own).
-    verbose: Keras fit verbosity; default: a progress bar on a terminal, a line per Keras epoch
-      otherwise (logs stay readable).
 
-  Returns:
-    dict with the Keras history, the final eval metrics (if eval_data) and run facts.
-  """
-  strategy = strategy or tf.distribute.get_strategy()
-  num_workers, worker_index = distribute.worker_split(strategy)
-  jit_compile = distribute.jit_compile(config.jit_compile, strategy)
-  # Keras' multi-worker advice: every worker runs the same code, saving included (it may need
-  # collective ops), but only the chief writes into the workdir; the others write into a
-  # temporary directory removed at the end.
-  chief = strategy.extended.should_checkpoint
-  outputs = workdir if chief else tempfile.mkdtemp(prefix=f"train-worker-{worker_index}-")
-  keras.utils.set_random_seed(config.seed)
+def load_run_data(config, labeled_data, *, pseudo_labeled_data=None, eval_data=None,
+                  validation_data=None):
+  """Counts and checks the run's data before any work: the class count (flag or manifest), the
+  labeled and pseudo-labeled rows, and that the eval sets have the run's classes."""
   manifest = manifest_lib.load_manifest(labeled_data) if tf.io.gfile.isdir(labeled_data) else None
   num_classes = config.num_classes or (manifest or {}).get("num_classes")
   if not num_classes:
     raise ValueError(f"--num_classes is needed: {labeled_data!r} has no manifest naming classes")
-  num_labeled = pipeline.count_examples(labeled_data)
-  if num_labeled == 0:
+  labeled_rows = pipeline.count_examples(labeled_data)
+  if labeled_rows == 0:
     raise ValueError(f"--labeled_data {labeled_data!r} holds no records")
+  pseudo_rows = None
+  if pseudo_labeled_data:
+    pseudo_rows = pipeline.count_examples(pseudo_labeled_data)
+    if pseudo_rows == 0:
+      raise ValueError(f"--pseudo_labeled_data {pseudo_labeled_data!r} holds no records")
   # Checked now rather than after training, where a wrong --eval_data would end the run.
   evaluate.check_eval_sets(num_classes, eval_data=eval_data, validation_data=validation_data)
   if config.eval_every_keras_epochs and not (validation_data or eval_data):
     raise ValueError("--eval_every_keras_epochs needs --validation_data (or --eval_data) to "
                      "evaluate on")
-  steps_per_epoch = num_labeled / config.batch_size
-  total_steps = config.train_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-  chunk, total_steps = keras_epochs(total_steps, steps_per_epoch)
-  prep = preprocess_config(config, labeled_data)
+  return RunData(labeled_data, num_classes, labeled_rows, pseudo_labeled_data, pseudo_rows)
 
-  ratio = config.unlabeled_batch_ratio if pseudo_labeled_data else 0
 
-  def training_stream(steps_done=0):
-    """The batches of the run from step `steps_done` on: the rows earlier steps trained on are
-    skipped before decoding, and every later row keeps its augmentation seed."""
-    labeled = pipeline.labeled_dataset(
-        labeled_data, prep, num_classes=num_classes, seed=config.seed, num_workers=num_workers,
-        worker_index=worker_index,
-        skip=steps_done * distribute.stream_rows_per_step(strategy, config.batch_size))
-    pseudo = None
-    if pseudo_labeled_data:
-      pseudo = pipeline.pseudo_labeled_dataset(
-          pseudo_labeled_data, prep, num_classes=num_classes, pseudo_labels=config.pseudo_labels,
-          temperature=config.temperature, seed=config.seed + 1, num_workers=num_workers,
-          worker_index=worker_index,
-          skip=steps_done * distribute.stream_rows_per_step(
-              strategy, pipeline.unlabeled_rows(config.batch_size, ratio)))
-    stream = interleave_replicas(
-        pipeline.student_dataset(labeled, pseudo, config.batch_size, ratio), config.batch_size,
-        strategy.num_replicas_in_sync)
-    if num_workers > 1:
-      options = tf.data.Options()
-      options.experimental_distribute.auto_shard_policy = (
-          tf.data.experimental.AutoShardPolicy.OFF)
-      stream = stream.with_options(options)
-    return stream
+def plan_run(config, data, *, replicas=1, role=None):
+  """The run's `plan.TrainPlan` (role: "student" with pseudo-labeled data, "finetune" for a
+  config that continues another run's schedule or trains without augmentation, else
+  "teacher")."""
+  if role is None:
+    role = ("student" if data.pseudo_labeled_data else
+            "finetune" if config.schedule_steps or not config.augment else "teacher")
+  return plan_lib.plan_training(config, role=role, labeled_rows=data.labeled_rows,
+                                image_size=run_image_size(config), replicas=replicas,
+                                pseudo_rows=data.pseudo_rows)
 
-  dataset = training_stream()
 
-  schedule = learning_rate_schedule(config, steps_per_epoch, total_steps)
+def run_request(config, data, init_checkpoint):
+  """What shapes a run's result: compared with a workdir's recorded run (`check_workdir`). How
+  often it evaluates while training does not."""
+  recorded = {k: v for k, v in dataclasses.asdict(config).items()
+              if k != "eval_every_keras_epochs"}
+  return {"config": recorded, "labeled_data": data.labeled_data,
+          "pseudo_labeled_data": data.pseudo_labeled_data, "init_checkpoint": init_checkpoint}
 
+
+def _differences(recorded, request):
+  found = []
+  for key in sorted(request):
+    old, new = recorded.get(key), request[key]
+    if isinstance(old, dict) and isinstance(new, dict):
+      found += [f"{key}.{d}" for d in _differences(old, new)]
+    elif old != new:
+      found.append(f"{key}: {old!r} -> {new!r}")
+  return found
+
+
+def check_workdir(workdir, request, *, overwrite=False, chief=True):
+  """The state of `workdir` for a run asked `request` (`run_request`): "new", "resume" (an
+  interrupted run of the same request), or "finished" (its model is there: nothing to do).
+
+  A workdir holding a run of other settings, finished or not, is refused with the differences
+  named, unless `overwrite`, which first removes everything the old run left (its model,
+  metrics, plots, backup and TensorBoard logs), so that nothing of it stays beside the new run
+  (the `chief` of several workers removes it).
+  """
+  config_path = os.path.join(workdir, checkpoints.RUN_CONFIG)
+  model_path = os.path.join(workdir, checkpoints.FINAL_MODEL)
+  if overwrite:
+    if chief and tf.io.gfile.exists(workdir):
+      logging.info("train: --overwrite removes what %s holds first", workdir)
+      tf.io.gfile.rmtree(workdir)
+    return "new"
+  if not tf.io.gfile.exists(config_path):
+    return "new"
+  with tf.io.gfile.GFile(config_path) as f:
+    recorded = json.load(f)
+  recorded_request = {k: recorded.get(k) for k in request}
+  recorded_request["config"] = {k: v for k, v in (recorded.get("config") or {}).items()
+                                if k != "eval_every_keras_epochs"}
+  differing = _differences(recorded_request, json.loads(json.dumps(request)))
+  finished = tf.io.gfile.exists(model_path)
+  if differing:
+    raise ValueError(
+        f"--workdir {workdir} holds {'a finished' if finished else 'an interrupted'} train run "
+        f"with other settings ({'; '.join(differing)}). Use another --workdir, or --overwrite "
+        "to remove that run and train this one there.")
+  return "finished" if finished else "resume"
+
+
+def finished_result(workdir):
+  """The result a finished run returned (its history.json), for a rerun of the same command."""
+  with tf.io.gfile.GFile(os.path.join(workdir, "history.json")) as f:
+    return {**json.load(f), "finished_before": True}
+
+
+def check_init_checkpoint(init_checkpoint, init_checkpoint_format):
+  """A warm start's checkpoint exists (before any work): a finished train run or .keras file,
+  or a reference checkpoint's prefix."""
+  if not init_checkpoint:
+    return
+  if init_checkpoint_format == "keras":
+    checkpoints.resolve_model_file(init_checkpoint)
+  elif not (tf.io.gfile.glob(init_checkpoint + "*") or tf.io.gfile.isdir(init_checkpoint)):
+    raise FileNotFoundError(f"--init_checkpoint {init_checkpoint!r} does not exist")
+
+
+def dry_run(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=None,
+            validation_data=None, init_checkpoint=None, init_checkpoint_format="keras",
+            strategy=None, overwrite=False, role=None):
+  """What `train` with these arguments would do, checked as `train` checks them (data, classes,
+  eval sets, the warm start's checkpoint, the workdir), without writing anything: the plan
+  (`plan.TrainPlan.as_dict()`) with the workdir's state and the plan's lines for people."""
+  strategy = strategy or tf.distribute.get_strategy()
+  data = load_run_data(config, labeled_data, pseudo_labeled_data=pseudo_labeled_data,
+                       eval_data=eval_data, validation_data=validation_data)
+  plan = plan_run(config, data, replicas=strategy.num_replicas_in_sync, role=role)
+  check_init_checkpoint(init_checkpoint, init_checkpoint_format)
+  state = ("overwrite" if overwrite and tf.io.gfile.exists(workdir) else
+           check_workdir(workdir, run_request(config, data, init_checkpoint)))
+  return {"workdir": workdir, "workdir_state": state, **plan.as_dict(), "lines": plan.lines()}
+
+
+def build(config, plan, num_classes, strategy, element_spec, *, init_checkpoint=None,
+          init_checkpoint_format="keras", jit_compile=False):
+  """The compiled model of the run, under `strategy`: warm-started, its first blocks frozen,
+  weight decay, the TF1 RMSProp (with the EMA) on the plan's schedule, the loss and metrics."""
   # The policy is the model's from its construction on (Keras also wraps the optimizer for loss
   # scaling under float16 by it); the saved model is rebuilt outside it, so it loads in any.
   with strategy.scope(), distribute.precision(config.mixed_precision):
@@ -490,7 +574,8 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
     if config.freeze_blocks:
       freeze_first_blocks(model, config.freeze_blocks)
     losses.add_weight_decay(model, config.weight_decay)
-    optimizer = optimizers.TF1RMSProp(schedule, moving_average_decay=config.ema_decay)
+    optimizer = optimizers.TF1RMSProp(schedules.WarmupExponentialDecay.from_schedule(
+        plan.schedule), moving_average_decay=config.ema_decay)
     if config.ema_decay is not None:
       optimizer.track_moving_averages(ema.batch_norm_statistics(model))
     loss_args = dict(labeled_batch_size=config.batch_size, label_smoothing=config.label_smoothing,
@@ -505,89 +590,200 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
       # Under a strategy, fit would read a first batch to build the loss and metrics, then
       # iterate the dataset anew: the seeded shuffles reshuffle, so the run trained on another
       # order than on one device, and not the same one twice. Their shapes are all they need.
-      model._symbolic_build(data_batch=dataset.element_spec)  # pylint: disable=protected-access
+      model._symbolic_build(data_batch=element_spec)  # pylint: disable=protected-access
       model._maybe_symbolic_build = lambda *a, **k: None  # pylint: disable=protected-access
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
       _fit_under_multi_worker(model)
-    backup = Backup(os.path.join(workdir, "backup"), chunk,
-                    write_dir=os.path.join(outputs, "backup"))
-    initial_epoch = backup.restore(model)
-  if initial_epoch:
+  return model
+
+
+def resume(model, backup):
+  """Loads the backup of an interrupted run into `model`: (Keras epoch to start at, steps
+  done)."""
+  initial_epoch = backup.restore(model)
+  if not initial_epoch:
+    return 0, 0
+  done = int(model.optimizer.iterations.numpy())
+  # The backup (save_weights) lacks the seed generators of dropout and stochastic depth, which
+  # restart at their first draw; each draws once per training step.
+  for layer in model._flatten_layers():  # pylint: disable=protected-access
+    for generator in layer._seed_generators:  # pylint: disable=protected-access
+      generator.state.assign(generator.state + [0, done])
+  return initial_epoch, done
+
+
+def training_stream(config, data, prep, strategy, steps_done=0):
+  """The batches of the run from step `steps_done` on: the rows earlier steps trained on are
+  skipped before decoding, and every later row keeps its augmentation seed."""
+  num_workers, worker_index = distribute.worker_split(strategy)
+  ratio = config.unlabeled_batch_ratio if data.pseudo_labeled_data else 0
+  labeled = pipeline.labeled_dataset(
+      data.labeled_data, prep, num_classes=data.num_classes, seed=config.seed,
+      num_workers=num_workers, worker_index=worker_index,
+      skip=steps_done * distribute.stream_rows_per_step(strategy, config.batch_size))
+  pseudo = None
+  if data.pseudo_labeled_data:
+    pseudo = pipeline.pseudo_labeled_dataset(
+        data.pseudo_labeled_data, prep, num_classes=data.num_classes,
+        pseudo_labels=config.pseudo_labels, temperature=config.temperature, seed=config.seed + 1,
+        num_workers=num_workers, worker_index=worker_index,
+        skip=steps_done * distribute.stream_rows_per_step(
+            strategy, batch_layout.unlabeled_rows(config.batch_size, ratio)))
+  stream = interleave_replicas(
+      pipeline.student_dataset(labeled, pseudo, config.batch_size, ratio), config.batch_size,
+      strategy.num_replicas_in_sync)
+  if num_workers > 1:
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    stream = stream.with_options(options)
+  return stream
+
+
+def fit(model, stream, plan, callbacks, *, initial_epoch=0, verbose=None):
+  """Trains exactly `plan.total_steps` steps in the plan's Keras epochs (the last one may be
+  short); a resumed run starts at `initial_epoch`. Returns the Keras history."""
+  if verbose is None:
+    verbose = 1 if sys.stderr.isatty() else 2
+  tiling = plan.keras_epochs
+  # Keras prints progress to stdout; stdout is for the command's one JSON summary line.
+  with contextlib.redirect_stdout(sys.stderr):
+    history = model.fit(stream, epochs=tiling.count, steps_per_epoch=tiling.steps,
+                        initial_epoch=initial_epoch,
+                        callbacks=[*callbacks, StopAtStep(plan.total_steps)], verbose=verbose)
+  return {k: [float(v) for v in vs] for k, vs in history.history.items()}
+
+
+def save(model, config, result, outputs, data, *, eval_data, validation_data, eval_prep,
+         eval_config, strategy):
+  """The end of the run, with the weights it saves (the EMA's when kept): batch norm settled
+  and checked, the final eval, history.json, the curves, and last model.keras. Every pass runs
+  in inference batches (`eval_config.batch_size`) through `strategy`'s replicas."""
+  averaged = ema.swap_to_ema(model) if config.ema_decay is not None else contextlib.nullcontext()
+  with averaged:
+    result["inference_check"] = check_inference_mode(
+        model, config, data.labeled_data, batch_size=eval_config.batch_size, strategy=strategy)
+    if eval_data:
+      result["eval"] = evaluate.compact_metrics(evaluate.eval_phase(
+          model, eval_prep, outputs, eval_data=eval_data, validation_data=validation_data,
+          config=eval_config, strategy=strategy,
+          class_names=manifest_lib.class_names_for(eval_data, data.num_classes)))
+    records.write_text_atomically(os.path.join(outputs, "history.json"),
+                                  json.dumps(result, indent=1) + "\n")
+    plots.training_curves(result["history"], os.path.join(outputs, "training_curves.png"),
+                          evaluations=result.get("periodic_eval"),
+                          first_epoch=result["initial_epoch"])
+    checkpoints.save_model_atomically(model, os.path.join(outputs, checkpoints.FINAL_MODEL))
+
+
+def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=None,
+          validation_data=None, init_checkpoint=None, init_checkpoint_format="keras", strategy=None,
+          eval_config=None, verbose=None, overwrite=False, role=None):
+  """Trains a teacher (no pseudo_labeled_data), a student, or a fine-tuned model.
+
+  Args:
+    config: `TrainConfig`.
+    labeled_data: directory with manifest.json or glob of labeled shards.
+    workdir: this run's directory (see module docstring).
+    pseudo_labeled_data: filter output (directory or glob), for a student.
+    eval_data: evaluated with the EMA weights at the end (metrics.json), optional.
+    validation_data: evaluated beside eval_data (metrics.json's "validation"), optional. With
+      config.eval_every_keras_epochs, also during training (history.json's "periodic_eval",
+      `saved_model_metrics`); eval_data then only when there is no validation_data.
+    init_checkpoint: warm start from a train workdir / .keras file (or a reference checkpoint).
+    init_checkpoint_format: "keras" or "reference".
+    strategy: a tf.distribute strategy (default: the current one); the end of the run (batch
+      norm, final eval) runs under it too, in batches of eval_config.batch_size.
+    eval_config: `evaluate.EvalConfig` of the end of the run (its batch size; the precision and
+      XLA are the run's own).
+    verbose: Keras fit verbosity; default: a progress bar on a terminal, a line per Keras epoch
+      otherwise (logs stay readable).
+    overwrite: remove a run of other settings found in `workdir` instead of refusing.
+    role: the plan's role ("teacher", "student", "finetune"); default: `plan_run`'s guess.
+
+  Returns:
+    dict with the Keras history, the final eval metrics (if eval_data) and run facts (the plan
+    among them); for a workdir whose run of the same settings finished before, that run's.
+  """
+  strategy = strategy or tf.distribute.get_strategy()
+  data = load_run_data(config, labeled_data, pseudo_labeled_data=pseudo_labeled_data,
+                       eval_data=eval_data, validation_data=validation_data)
+  plan = plan_run(config, data, replicas=strategy.num_replicas_in_sync, role=role)
+  check_init_checkpoint(init_checkpoint, init_checkpoint_format)
+  request = run_request(config, data, init_checkpoint)
+  chief = strategy.extended.should_checkpoint
+  if check_workdir(workdir, request, overwrite=overwrite, chief=chief) == "finished":
+    logging.info("train: %s holds a finished run of these settings; nothing to do", workdir)
+    return finished_result(workdir)
+  jit_compile = distribute.jit_compile(config.jit_compile, strategy)
+  # Keras' multi-worker advice: every worker runs the same code, saving included (it may need
+  # collective ops), but only the chief writes into the workdir; the others write into a
+  # temporary directory removed at the end.
+  worker_index = distribute.worker_split(strategy)[1]
+  outputs = workdir if chief else tempfile.mkdtemp(prefix=f"train-worker-{worker_index}-")
+  keras.utils.set_random_seed(config.seed)
+  prep = preprocess_config(config, labeled_data)
+  stream = training_stream(config, data, prep, strategy)
+  model = build(config, plan, data.num_classes, strategy, stream.element_spec,
+                init_checkpoint=init_checkpoint, init_checkpoint_format=init_checkpoint_format,
+                jit_compile=jit_compile)
+  backup = Backup(os.path.join(workdir, "backup"), plan.keras_epochs.steps,
+                  write_dir=os.path.join(outputs, "backup"))
+  with strategy.scope():
+    initial_epoch, done = resume(model, backup)
+  if done:
     # A resumed run goes on as the uninterrupted one would (tested bit for bit on one device):
     # fit's initial_epoch does not skip data, so the streams start after the restored steps.
-    done = int(model.optimizer.iterations.numpy())
-    dataset = training_stream(done)
-    # The backup (save_weights) lacks the seed generators of dropout and stochastic depth, which
-    # restart at their first draw; each draws once per training step.
-    for layer in model._flatten_layers():  # pylint: disable=protected-access
-      for generator in layer._seed_generators:  # pylint: disable=protected-access
-        generator.state.assign(generator.state + [0, done])
+    stream = training_stream(config, data, prep, strategy, done)
 
-  run_facts = {"num_labeled": num_labeled, "steps_per_epoch": steps_per_epoch,
-               "total_steps": total_steps, "steps_per_keras_epoch": chunk,
-               "num_classes": num_classes, "image_size": prep.image_size,
+  run_facts = {"num_labeled": data.labeled_rows, "steps_per_epoch": plan.steps_per_epoch,
+               "total_steps": plan.total_steps, "steps_per_keras_epoch": plan.keras_epochs.steps,
+               "keras_epochs": plan.keras_epochs.count,
+               "num_classes": data.num_classes, "image_size": prep.image_size,
                "mean": list(prep.mean), "std": list(prep.std),
-               "replicas": strategy.num_replicas_in_sync}
+               "replicas": strategy.num_replicas_in_sync, "plan": plan.as_dict()}
   tf.io.gfile.makedirs(outputs)  # the first write: bad input has been reported by now
-  records.write_text_atomically(
-      os.path.join(outputs, checkpoints.RUN_CONFIG),
-      json.dumps({"config": dataclasses.asdict(config), "labeled_data": labeled_data,
-                  "pseudo_labeled_data": pseudo_labeled_data, "init_checkpoint": init_checkpoint,
-                  **run_facts}, indent=1) + "\n")
-  logging.info("train %s: %d steps (%d Keras epochs of %d), %s%s", config.model, total_steps,
-               total_steps // chunk, chunk, "student" if pseudo_labeled_data else "labeled only",
-               f", resumed at Keras epoch {initial_epoch}" if initial_epoch else "")
+  records.write_text_atomically(os.path.join(outputs, checkpoints.RUN_CONFIG),
+                                json.dumps({**request, "config": dataclasses.asdict(config),
+                                            **run_facts}, indent=1) + "\n")
+  for line in plan.lines():
+    logging.info("train: %s", line)
+  if initial_epoch:
+    logging.info("train: resumed at Keras epoch %d (step %d)", initial_epoch, done)
   # Every evaluation, periodic or final, runs the same way (precision and XLA the run's own).
   eval_prep = preprocess_config(config, labeled_data, train=False)
   run_eval = dataclasses.replace(eval_config or evaluate.EvalConfig(), jit_compile=jit_compile,
                                  mixed_precision=config.mixed_precision)
-  inference = distribute.inference_strategy(strategy)
+  inference_strategy = distribute.inference_strategy(strategy)
   periodic = None
   if config.eval_every_keras_epochs:
     # The split choices are made on; the test set only when no validation split is given.
-    split, data = ("validation", validation_data) if validation_data else ("eval", eval_data)
+    split, eval_set = ("validation", validation_data) if validation_data else ("eval", eval_data)
     periodic = periodic_eval.PeriodicEvaluation(
         lambda: evaluate.scalar_metrics(saved_model_metrics(
-            model, config, labeled_data, data, eval_prep, run_eval, inference)),
-        every=config.eval_every_keras_epochs, total_epochs=total_steps // chunk,
-        steps_per_epoch=steps_per_epoch, split=split,
+            model, config, labeled_data, eval_set, eval_prep, run_eval, inference_strategy)),
+        every=config.eval_every_keras_epochs, total_epochs=plan.keras_epochs.count,
+        steps_per_epoch=plan.steps_per_epoch, split=split,
         log_dir=os.path.join(outputs, "tensorboard", periodic_eval.LOG_SUBDIR))
   callbacks = [
-      _RunFacts(),
+      _RunFacts(plan.steps_per_epoch),
       StopOnNonFiniteLoss(backup.path),
       # Before the backup: a run killed while evaluating redoes the epoch and its evaluation.
       *([periodic] if periodic else []),
       backup,
       keras.callbacks.TensorBoard(os.path.join(outputs, "tensorboard"), update_freq="epoch"),
   ]
-  if verbose is None:
-    verbose = 1 if sys.stdout.isatty() else 2
-  history = model.fit(dataset, epochs=total_steps // chunk, steps_per_epoch=chunk,
-                      initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose)
-
-  result = {"history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
-            "initial_epoch": initial_epoch,
+  history = fit(model, stream, plan, callbacks, initial_epoch=initial_epoch, verbose=verbose)
+  result = {"history": history, "initial_epoch": initial_epoch,
             "optimizer_iterations": int(model.optimizer.iterations.numpy()), **run_facts}
   if periodic:
     # As the Keras history: the evaluations of the epochs this process trained.
     result["periodic_eval"] = {"split": split, "every_keras_epochs": periodic.every,
                                "points": periodic.points}
-  averaged = ema.swap_to_ema(model) if config.ema_decay is not None else contextlib.nullcontext()
-  with averaged:
-    result["inference_check"] = check_inference_mode(model, config, labeled_data)
-    if eval_data:
-      result["eval"] = evaluate.compact_metrics(evaluate.eval_phase(
-          model, eval_prep, outputs, eval_data=eval_data, validation_data=validation_data,
-          config=run_eval, strategy=inference,
-          class_names=manifest_lib.class_names_for(eval_data, num_classes)))
-    records.write_text_atomically(os.path.join(outputs, "history.json"),
-                                  json.dumps(result, indent=1) + "\n")
-    plots.training_curves(result["history"], os.path.join(outputs, "training_curves.png"),
-                          evaluations=result.get("periodic_eval"), first_epoch=initial_epoch)
-    checkpoints.save_model_atomically(model, os.path.join(outputs, checkpoints.FINAL_MODEL))
+  save(model, config, result, outputs, data, eval_data=eval_data,
+       validation_data=validation_data, eval_prep=eval_prep, eval_config=run_eval,
+       strategy=inference_strategy)
   # Only now: a run killed during the final evaluation or save resumes with its training done.
   backup.remove()
   if not chief:
     tf.io.gfile.rmtree(outputs)
   return result
-

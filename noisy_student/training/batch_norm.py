@@ -19,7 +19,8 @@ import contextlib
 
 import keras
 import numpy as np
-import tensorflow as tf
+
+from noisy_student import inference
 
 
 def _layers(model, kind):
@@ -47,12 +48,13 @@ def _batch_statistics_mode(model):
       layer.rate = rate
 
 
-def recalibrate(model, dataset, max_batches):
+def recalibrate(model, dataset, max_batches, *, strategy=None):
   """Sets the moving statistics of `model`'s trainable batch-norm layers to their mean over the
   first `max_batches` batches of `dataset` ((images, labels) batches), each batch weighted by its
-  size (a short last batch counts for its images only), computed with the current weights.
-  Returns {"batches", "images", "batch_statistics_top1"}: the last is top-1 of those batches
-  under batch statistics (what training saw, without noise).
+  size (a short last batch counts for its images only), computed with the current weights, each
+  batch split over `strategy`'s replicas (`inference.InferenceStep` in training mode: no batch
+  larger than the dataset's is built). Returns {"batches", "images", "batch_statistics_top1"}:
+  the last is top-1 of those batches under batch statistics (what training saw, without noise).
 
   The variance is the mean of the per-batch variances (as Wu & Johnson do): with batches of 32 or
   more it is within a few percent of the population's.
@@ -61,11 +63,15 @@ def recalibrate(model, dataset, max_batches):
     if not norms:
       return {"batches": 0, "images": 0, "batch_statistics_top1": None}
     variables = [v for n in norms for v in (n.moving_mean, n.moving_variance)]
-    step = tf.function(lambda images: model(images, training=True))
+    step = None
     sums = [np.zeros(v.shape, np.float64) for v in variables]
     batches = images_seen = hits = 0
     for images, labels in dataset.take(max_batches):
-      logits = step(images).numpy()
+      if step is None:  # the first batch of a batched dataset is its largest
+        step = inference.InferenceStep(model, images.shape[0], strategy=strategy, training=True)
+      if images.shape[0] % step.replicas:
+        continue  # a short last batch that the replicas cannot share evenly
+      logits = step(images)
       for total, variable in zip(sums, variables):
         total += len(logits) * keras.ops.convert_to_numpy(variable).astype(np.float64)
       batches += 1

@@ -4,54 +4,15 @@ Reference: tensorflow/tpu and noisystudent `utils.build_learning_rate` with `mai
 (digest efficientnet-and-randaugment.md section 7, noisy-student-reference.md sections 1.3, 6.1).
 """
 
-import math
+import dataclasses
 
 import keras
 from keras import ops
 
-
-def scaled_learning_rate(base_learning_rate, labeled_batch_size):
-  """`base_learning_rate * labeled_batch_size / 256` (0.016 per 256 labeled images).
-
-  The reference scales by the labeled batch only; pseudo-labeled rows do not count.
-  """
-  return base_learning_rate * labeled_batch_size / 256.0
-
-
-def check_final_learning_rate(base_learning_rate, final_base_learning_rate, decay_rate):
-  """Raises ValueError, naming the flags, unless decay by `decay_rate` steps can reach the final
-  rate from the peak (checked before a run: iterate builds its students' schedules hours in)."""
-  if not 0 < final_base_learning_rate < base_learning_rate:
-    raise ValueError(f"--final_learning_rate must be above 0 and below --base_learning_rate="
-                     f"{base_learning_rate:g}, got {final_base_learning_rate:g}")
-  if not 0 < decay_rate < 1:
-    raise ValueError(f"--final_learning_rate needs --lr_decay_factor between 0 and 1, got "
-                     f"{decay_rate:g}")
-
-
-def decay_epochs_for_final_learning_rate(base_learning_rate, final_base_learning_rate,
-                                         total_epochs, *, warmup_epochs=5.0, decay_rate=0.97):
-  """Decay period that brings the rate to `final_base_learning_rate` (`--final_base_lr`).
-
-  The reference solves `(total_epochs - 5) / (log(final / base) / log(0.97))`; `warmup_epochs`
-  and `decay_rate` default to those constants. Both rates are per 256 images: their ratio is what
-  counts. Because decay is counted from step 0 (see `WarmupExponentialDecay`), the last rate is
-  about `final * decay_rate ** (warmup_epochs / decay_epochs)`, a little below the target (SVHN:
-  9.1e-5 instead of 1e-4 at batch 128).
-
-  Args:
-    base_learning_rate: the peak rate per 256 images (0.016).
-    final_base_learning_rate: the wanted final rate per 256 images (SVHN recipe: 0.0002).
-    total_epochs: `train_steps / steps_per_epoch`, after any `train_ratio` scaling.
-    warmup_epochs: subtracted from `total_epochs`.
-    decay_rate: the staircase factor.
-  """
-  check_final_learning_rate(base_learning_rate, final_base_learning_rate, decay_rate)
-  if total_epochs <= warmup_epochs:
-    raise ValueError(f"--final_learning_rate needs a run longer than its warm-up: the run is "
-                     f"{total_epochs:g} epochs and --warmup_epochs={warmup_epochs:g}")
-  decay_times = math.log(final_base_learning_rate / base_learning_rate) / math.log(decay_rate)
-  return (total_epochs - warmup_epochs) / decay_times
+# The arithmetic is learning_rate's (no TensorFlow); its names stay importable from here.
+from noisy_student.training.learning_rate import (  # noqa: F401
+    Schedule, check_final_learning_rate, decay_epochs_for_final_learning_rate, run_schedule,
+    scaled_learning_rate)
 
 
 @keras.saving.register_keras_serializable(package="noisy_student")
@@ -92,6 +53,12 @@ class WarmupExponentialDecay(keras.optimizers.schedules.LearningRateSchedule):
     self.decay_rate = float(decay_rate)
     self.start_step = int(start_step)
     self.decay_from_warmup_end = bool(decay_from_warmup_end)
+
+  @classmethod
+  def from_schedule(cls, schedule):
+    """The Keras schedule of a `learning_rate.Schedule` (the same rates, in float32)."""
+    return cls(**{field.name: getattr(schedule, field.name)
+                  for field in dataclasses.fields(schedule)})
 
   @property
   def warmup_steps(self):
