@@ -57,7 +57,7 @@ class InferenceStep:
     count = int(images.shape[0])
     if count > self.batch_size:
       raise ValueError(f"inference batch of {count} images, more than its {self.batch_size}")
-    if self.training:
+    if self.training:  # any size up to batch_size, shared evenly, without padding
       if count % self.replicas:
         raise ValueError(f"{count} images do not split evenly over {self.replicas} replicas")
       padded, per = images, count // self.replicas

@@ -150,29 +150,33 @@ def reliability_diagram(calibration, ece, path, *, threshold=None):
 
 
 def training_curves(history, path, *, evaluations=None, first_epoch=0):
-  """Loss parts and labeled accuracy per Keras epoch, from a train run's history.json, and the
-  periodic evaluation's top-1 (its "periodic_eval") beside the accuracy. The curves are drawn at
-  their history row; an evaluation after Keras epoch k (1-based) of a run that started (or
-  resumed) at `first_epoch` is that epoch's row, k - 1 - first_epoch."""
+  """Loss parts and labeled accuracy against data epochs (passes over the labeled data: each
+  history row's "data_epoch", its steps done over the steps of an epoch), from a train run's
+  history.json, and the periodic evaluation's top-1 (its "periodic_eval", at its own
+  "data_epochs") beside the accuracy. A history without "data_epoch" (an older run) is drawn by
+  Keras epoch, counted from `first_epoch` + 1."""
   figure, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
+  rows = len(next(iter(history.values()), []))
+  x = history.get("data_epoch") or list(range(first_epoch + 1, first_epoch + 1 + rows))
+  unit = "data epoch" if "data_epoch" in history else "Keras epoch"
   for name in ("loss", "labeled_loss", "unlabeled_loss"):
     if name in history and any(history[name]):
-      left.plot(history[name], label=name)
-  left.set_xlabel("Keras epoch")
+      left.plot(x, history[name], label=name)
+  left.set_xlabel(unit)
   left.legend(fontsize=7)
   if "accuracy" in history:
-    right.plot(history["accuracy"], label="labeled accuracy (training images, as augmented)")
+    right.plot(x, history["accuracy"], label="labeled accuracy (training images, as augmented)")
   if evaluations and evaluations["points"]:
     points = evaluations["points"]
-    right.plot([p["keras_epoch"] - 1 - first_epoch for p in points], [p["top1"] for p in points],
-               marker="o", markersize=3,
+    right.plot([p["data_epochs"] if unit == "data epoch" else p["keras_epoch"] for p in points],
+               [p["top1"] for p in points], marker="o", markersize=3,
                label=f"{evaluations['split']} top-1 (the model as it would be saved)")
   if "learning_rate" in history:
     lr = right.twinx()
-    lr.plot(history["learning_rate"], color="tab:gray", linestyle=":", label="learning rate")
+    lr.plot(x, history["learning_rate"], color="tab:gray", linestyle=":", label="learning rate")
     lr.set_ylabel("learning rate (dotted)", fontsize=7)
     lr.tick_params(labelsize=6)
-  right.set_xlabel("Keras epoch")
+  right.set_xlabel(unit)
   right.legend(fontsize=7, loc="lower right")
   return _save(figure, path)
 

@@ -445,3 +445,66 @@ def test_auto_keeps_statistics_that_fit_and_recalibrates_ones_that_do_not(easy_d
     # Keras' float32 moments against NumPy's float64 ones, the first test's tolerance.
     np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(layer.moving_variance.numpy(), variance, rtol=1e-4, atol=1e-5)
+
+
+# 6. The end of a run, and a workdir that holds one.
+
+
+def test_the_end_of_a_run_never_builds_a_batch_larger_than_the_inference_batch(
+    easy_data, tmp_path, monkeypatch):
+  """Batch-norm check and recalibration and the final eval, after fit: every model call they
+  make holds at most --inference_batch_size images (the run trains on batches four times that),
+  through the inference step."""
+  import efficientnet  # pylint: disable=g-import-not-at-top
+  from noisy_student import inference  # pylint: disable=g-import-not-at-top
+  after_fit, sizes, steps = [], [], []
+  swap = ema.swap_to_ema
+  monkeypatch.setattr(ema, "swap_to_ema",
+                      lambda *a, **k: (after_fit.append(True), swap(*a, **k))[1])
+  call = efficientnet.EfficientNet.__call__
+
+  def recording_call(self, inputs, *args, **kwargs):
+    if after_fit:
+      sizes.append(inputs.shape[0])
+    return call(self, inputs, *args, **kwargs)
+
+  monkeypatch.setattr(efficientnet.EfficientNet, "__call__", recording_call)
+  step_call = inference.InferenceStep.__call__
+  monkeypatch.setattr(inference.InferenceStep, "__call__", lambda self, images: (
+      steps.append((self.training, int(images.shape[0]))), step_call(self, images))[1])
+  _run_in_process(*_train_args(easy_data, tmp_path / "bounded", "--batch_size=64",
+                               "--inference_batch_size=16", "--train_steps=2",
+                               "--batch_norm_recalibration=always"))
+  known = [size for size in sizes if size is not None]
+  assert known and max(known) <= 16, sizes
+  # Inference mode for the check and the eval, training mode (batch statistics) to recalibrate:
+  # all of the labeled sample and the test set, 16 at a time.
+  assert {training for training, _ in steps} == {False, True}
+  assert max(count for _, count in steps) == 16
+  assert sum(count for training, count in steps if training) == NUM_LABELED
+
+
+def test_a_finished_workdir_is_reported_refused_or_overwritten(easy_data, tmp_path, capsys):
+  """The same command again reports the finished run and does nothing; other settings are an
+  error naming the difference; --overwrite removes what the old run left, then trains."""
+  workdir = tmp_path / "run"
+  args = _train_args(easy_data, workdir, "--train_steps=2")
+  _run_in_process(*args)
+  model = workdir / "model.keras"
+  first = (model.read_bytes(), model.stat().st_mtime_ns)
+  capsys.readouterr()
+  _run_in_process(*args)
+  assert json.loads(capsys.readouterr().out.splitlines()[-1])["finished_before"] is True
+  assert (model.read_bytes(), model.stat().st_mtime_ns) == first
+  with pytest.raises(SystemExit, match=r"holds a finished train run with other settings "
+                     r"\(config\.width_coefficient: 0\.1 -> 0\.2\)\. Use another --workdir, "
+                     r"or --overwrite"):
+    _run_in_process(*args, "--width_coefficient=0.2")
+  (workdir / "left_by_the_old_run.txt").write_text("x")
+  old_events = list((workdir / "tensorboard").rglob("events.*"))
+  _run_in_process(*args, "--width_coefficient=0.2", "--overwrite")
+  assert not (workdir / "left_by_the_old_run.txt").exists()
+  assert not any(path.exists() for path in old_events)
+  assert _json(workdir / "train_config.json")["config"]["width_coefficient"] == 0.2
+  saved = keras.models.load_model(model, compile=False)
+  assert saved.efficientnet_config["width_coefficient"] == 0.2
