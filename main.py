@@ -223,7 +223,10 @@ flags.DEFINE_float("confidence_threshold", filter_balance.FilterRule.threshold,
 flags.DEFINE_integer("images_per_class", filter_balance.FilterRule.images_per_class,
                      "filter: per-class target N: exactly the N most confident (the reference "
                      "keeps a random subset of expected size N above a per-class threshold on a "
-                     "0.01 grid).", lower_bound=1)
+                     "0.01 grid). The default is the paper's ImageNet N: a target that would fill "
+                     f"a class beyond {filter_balance.MAX_FILL_FACTOR}x its kept images is "
+                     "refused before work, naming a value that fits (iterate: before the "
+                     "teacher trains).", lower_bound=1)
 flags.DEFINE_bool("balance", True, "filter: keep the N most confident per class (off: keep all "
                   "above the threshold).")
 flags.DEFINE_bool("duplicate_to_balance", True, "filter: fill short classes to exactly N by "
@@ -342,8 +345,8 @@ def train_config(**overrides):
     values["freeze_blocks"] = _single("freeze_blocks", int)
   values.update(overrides)
   if values["epochs"] is None and values["train_steps"] is None:  # the rule is TrainConfig's
-    raise app.UsageError("--epochs or --train_steps is needed (a recipe sets them: "
-                         "--flagfile=recipes/fashion_mnist_demo.flags is the demo's)")
+    raise app.UsageError("--epochs or --train_steps is needed: the run's length in passes "
+                         "over the labeled data or in steps (a recipe sets one)")
   return train.TrainConfig(**values)
 
 
@@ -943,8 +946,10 @@ def check_main_input():
   value = FLAGS[name].value if name else None
   if name and not value:
     raise app.UsageError(
-        f"--mode={FLAGS.mode} needs --{name} (the demo's data: `bash scripts/demo.sh` converts "
-        "it, and --flagfile=recipes/fashion_mnist_demo.flags names its paths)")
+        f"--mode={FLAGS.mode} needs --{name}: " + (
+            "the images to convert" if name == "input" else
+            "a directory written by --mode=convert, or a glob of its shards (README, 'Your own "
+            "images'; a recipe, e.g. recipes/fashion_mnist_demo.flags, names its own)"))
   default_data = os.path.normpath(DEFAULT_DATA) + os.sep
   if value and (os.path.normpath(value) + os.sep).startswith(default_data) and not glob.glob(value):
     raise ValueError(

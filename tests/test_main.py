@@ -183,8 +183,8 @@ def test_a_missing_flag_is_one_line_naming_it_not_a_page_of_help():
                           check=False)
   assert result.returncode == 1
   assert result.stderr.splitlines()[-1] == (
-      "main.py --mode=train: error: --epochs or --train_steps is needed (a recipe sets them: "
-      "--flagfile=recipes/fashion_mnist_demo.flags is the demo's)")
+      "main.py --mode=train: error: --epochs or --train_steps is needed: the run's length in "
+      "passes over the labeled data or in steps (a recipe sets one)")
   assert "--base_learning_rate" not in result.stderr + result.stdout
 
 

@@ -91,6 +91,8 @@ def test_site_packages_gets_one_directory_holding_all_the_code(installed):
   expected = {"main.py"} | {f"recipes/{p.name}" for p in (ROOT / "recipes").glob("*.flags")}
   for name in CODE:
     expected |= {f"{name}/{f}" for f in _files(ROOT / name) if f.endswith(".py")}
+  # The class lists robustness evaluation reads (ImageNet-1k's and ImageNet-A's WordNet ids).
+  expected |= {f"data/{p.name}" for p in (ROOT / "data").glob("*_wnids.txt")}
   assert _files(installed.site / PACKAGE) == expected
 
 
@@ -220,3 +222,18 @@ def test_beam_workers_that_install_the_package_by_setup_file_run_the_pipeline(in
   stats = json.loads((tmp_path / "beam" / "filter" / "stats.json").read_text())
   assert stats["num_records_read"] == 12
   assert len(list((tmp_path / "beam" / "predict").glob("unlabeled-*.tfrecord"))) == 2
+
+
+def test_help_is_the_same_through_both_entry_points_and_exits_0(installed, tmp_path):
+  """`noisy-student --help` printed only absl's usage line (exit 1): now both entry points print
+  the modes and flags by section, or one mode's flags with --mode, and exit 0."""
+  for args in (["--help"], ["--help", "--mode=filter"]):
+    ours = installed.run([installed.command, *args], tmp_path)
+    clone = subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True,
+                           text=True, timeout=300, check=True)
+    # The same text but the command's name (the package's own name, noisy-student-tf, stays).
+    named = ours.stdout.replace("usage: noisy-student ", "usage: main.py ").replace(
+        "noisy-student --help", "main.py --help")
+    assert named == clone.stdout
+    for absl_flag in ("--helpfull", "--only_check_args", "--test_tmpdir", "--v "):
+      assert absl_flag not in ours.stdout  # absl's and its test runner's own flags

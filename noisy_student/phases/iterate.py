@@ -270,6 +270,19 @@ def check_teacher(metrics, num_classes, teacher_dir):
         "history.json (inference_check, the loss) before training a student on them.")
 
 
+def check_before_the_teacher(teacher_config, filter_rule, *, labeled_data, unlabeled_data,
+                             eval_data, validation_data):
+  """What would otherwise stop the run hours in, after the teacher: the data's classes and the
+  eval sets (`train.load_run_data`), and a filter target no class of the unlabeled images can
+  fill (`filter_balance.check_images_per_class`). Returns (the labeled data's `train.RunData`,
+  the unlabeled rows)."""
+  data = train.load_run_data(teacher_config, labeled_data, eval_data=eval_data,
+                             validation_data=validation_data)
+  unlabeled_rows = pipeline.count_examples(unlabeled_data)
+  filter_balance.check_images_per_class(filter_rule, unlabeled_rows, data.num_classes)
+  return data, unlabeled_rows
+
+
 def _round_row(k, role, model, metrics, **extra):
   row = {"round": k, "role": role, "model": model, "top1": metrics["top1"], "top5": metrics["top5"]}
   if "validation" in metrics:
@@ -354,6 +367,9 @@ def iterate(teacher_config, rounds, workdir, *, labeled_data, unlabeled_data, ev
       "predict_config": dataclasses.asdict(predict_config),
       "teacher_checkpoint": teacher_checkpoint and dataclasses.asdict(teacher_checkpoint)}
   check_settings(workdir, settings, write=worker.chief)
+  check_before_the_teacher(teacher_config, filter_rule, labeled_data=labeled_data,
+                           unlabeled_data=unlabeled_data, eval_data=eval_data,
+                           validation_data=validation_data)
 
   def evaluated(teacher, directory):
     return _phase(directory, lambda: _eval(teacher, eval_data, validation_data, directory,
@@ -481,9 +497,9 @@ def plan_iterate(teacher_config, rounds, workdir, *, labeled_data, unlabeled_dat
       "predict_config": dataclasses.asdict(predict_config),
       "teacher_checkpoint": teacher_checkpoint and dataclasses.asdict(teacher_checkpoint)}
   check_settings(workdir, settings, write=False)
-  data = train.load_run_data(teacher_config, labeled_data, eval_data=eval_data,
-                             validation_data=validation_data)
-  unlabeled_rows = pipeline.count_examples(unlabeled_data)
+  data, unlabeled_rows = check_before_the_teacher(
+      teacher_config, filter_rule, labeled_data=labeled_data, unlabeled_data=unlabeled_data,
+      eval_data=eval_data, validation_data=validation_data)
   key = _first_key(unlabeled_data)
   record_bytes = len(predict.prediction_record(
       key, np.full(data.num_classes, 1.0 / data.num_classes, np.float32), predict_config.top_k))

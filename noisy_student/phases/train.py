@@ -675,6 +675,38 @@ def save(model, config, result, outputs, data, *, eval_data, validation_data, ev
     checkpoints.save_model_atomically(model, os.path.join(outputs, checkpoints.FINAL_MODEL))
 
 
+def record_run(outputs, request, config, plan, data, prep):
+  """The run's first write, train_config.json (what it was asked and the facts it runs with);
+  returns the facts (history.json repeats them) and logs the plan."""
+  facts = {"num_labeled": data.labeled_rows, "steps_per_epoch": plan.steps_per_epoch,
+           "total_steps": plan.total_steps, "steps_per_keras_epoch": plan.keras_epochs.steps,
+           "keras_epochs": plan.keras_epochs.count, "num_classes": data.num_classes,
+           "image_size": prep.image_size, "mean": list(prep.mean), "std": list(prep.std),
+           "replicas": plan.replicas, "plan": plan.as_dict()}
+  tf.io.gfile.makedirs(outputs)  # bad input has been reported by now
+  records.write_text_atomically(
+      os.path.join(outputs, checkpoints.RUN_CONFIG),
+      json.dumps({**request, "config": dataclasses.asdict(config), **facts}, indent=1) + "\n")
+  for line in plan.lines():
+    logging.info("train: %s", line)
+  return facts
+
+
+def periodic_evaluation(model, config, plan, outputs, data, *, validation_data, eval_data,
+                        eval_prep, eval_config, strategy):
+  """The callback of --eval_every_keras_epochs (None when off): the model as it would be saved,
+  on the validation split (choices are made on it), the test set only when there is none."""
+  if not config.eval_every_keras_epochs:
+    return None
+  split, eval_set = ("validation", validation_data) if validation_data else ("eval", eval_data)
+  return periodic_eval.PeriodicEvaluation(
+      lambda: evaluate.scalar_metrics(saved_model_metrics(
+          model, config, data.labeled_data, eval_set, eval_prep, eval_config, strategy)),
+      every=config.eval_every_keras_epochs, total_epochs=plan.keras_epochs.count,
+      steps_per_epoch=plan.steps_per_epoch, split=split,
+      log_dir=os.path.join(outputs, "tensorboard", periodic_eval.LOG_SUBDIR))
+
+
 def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=None,
           validation_data=None, init_checkpoint=None, init_checkpoint_format="keras", strategy=None,
           eval_config=None, verbose=None, overwrite=False, role=None):
@@ -735,18 +767,7 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
     # fit's initial_epoch does not skip data, so the streams start after the restored steps.
     stream = training_stream(config, data, prep, strategy, done)
 
-  run_facts = {"num_labeled": data.labeled_rows, "steps_per_epoch": plan.steps_per_epoch,
-               "total_steps": plan.total_steps, "steps_per_keras_epoch": plan.keras_epochs.steps,
-               "keras_epochs": plan.keras_epochs.count,
-               "num_classes": data.num_classes, "image_size": prep.image_size,
-               "mean": list(prep.mean), "std": list(prep.std),
-               "replicas": strategy.num_replicas_in_sync, "plan": plan.as_dict()}
-  tf.io.gfile.makedirs(outputs)  # the first write: bad input has been reported by now
-  records.write_text_atomically(os.path.join(outputs, checkpoints.RUN_CONFIG),
-                                json.dumps({**request, "config": dataclasses.asdict(config),
-                                            **run_facts}, indent=1) + "\n")
-  for line in plan.lines():
-    logging.info("train: %s", line)
+  run_facts = record_run(outputs, request, config, plan, data, prep)
   if initial_epoch:
     logging.info("train: resumed at Keras epoch %d (step %d)", initial_epoch, done)
   # Every evaluation, periodic or final, runs the same way (precision and XLA the run's own).
@@ -754,16 +775,9 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
   run_eval = dataclasses.replace(eval_config or evaluate.EvalConfig(), jit_compile=jit_compile,
                                  mixed_precision=config.mixed_precision)
   inference_strategy = distribute.inference_strategy(strategy)
-  periodic = None
-  if config.eval_every_keras_epochs:
-    # The split choices are made on; the test set only when no validation split is given.
-    split, eval_set = ("validation", validation_data) if validation_data else ("eval", eval_data)
-    periodic = periodic_eval.PeriodicEvaluation(
-        lambda: evaluate.scalar_metrics(saved_model_metrics(
-            model, config, labeled_data, eval_set, eval_prep, run_eval, inference_strategy)),
-        every=config.eval_every_keras_epochs, total_epochs=plan.keras_epochs.count,
-        steps_per_epoch=plan.steps_per_epoch, split=split,
-        log_dir=os.path.join(outputs, "tensorboard", periodic_eval.LOG_SUBDIR))
+  periodic = periodic_evaluation(
+      model, config, plan, outputs, data, validation_data=validation_data, eval_data=eval_data,
+      eval_prep=eval_prep, eval_config=run_eval, strategy=inference_strategy)
   callbacks = [
       _RunFacts(plan.steps_per_epoch),
       StopOnNonFiniteLoss(backup.path),
@@ -777,7 +791,7 @@ def train(config, labeled_data, workdir, *, pseudo_labeled_data=None, eval_data=
             "optimizer_iterations": int(model.optimizer.iterations.numpy()), **run_facts}
   if periodic:
     # As the Keras history: the evaluations of the epochs this process trained.
-    result["periodic_eval"] = {"split": split, "every_keras_epochs": periodic.every,
+    result["periodic_eval"] = {"split": periodic.split, "every_keras_epochs": periodic.every,
                                "points": periodic.points}
   save(model, config, result, outputs, data, eval_data=eval_data,
        validation_data=validation_data, eval_prep=eval_prep, eval_config=run_eval,
