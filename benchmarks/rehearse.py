@@ -644,6 +644,10 @@ def run_chains(runner, workdir, args):
     overrides = {}
     if values.get("strategy") in ("tpu", "gpu"):
       overrides["--strategy=cpu"] = f"the recipe's --strategy={values['strategy']}: no device"
+    if values.get("balance", "") != "false" and "nobalance" not in values:
+      # The 10x fill limit refuses the paper's 130,000 per class on a few synthetic images.
+      overrides[f"--images_per_class={args.images_per_class_kept}"] = (
+          f"the recipe's {values.get('images_per_class')}: the synthetic pool is tiny")
     plan = os.path.join(workdir, "runs", name, "plan.json")
     os.makedirs(os.path.dirname(plan), exist_ok=True)
     argv = main_py(f"--flagfile=recipes/{name}.flags", "--mode=iterate", "--dry_run",
