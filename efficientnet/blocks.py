@@ -49,6 +49,53 @@ class Dropout(keras.layers.Dropout):
                                                 seed=seed)
 
 
+@keras.saving.register_keras_serializable(package="efficientnet")
+class BatchNormalization(keras.layers.BatchNormalization):
+  """keras.layers.BatchNormalization whose training step is TensorFlow's fused kernel.
+
+  Keras 3 normalises a training batch with separate ops (moments: mean, squared difference,
+  mean; then rsqrt, multiplies, adds) and differentiates each of them; on a CPU those passes were
+  39% of a B0 training step's kernel time at 224x224 (benchmarks/RESULTS.md). FusedBatchNormV3
+  does the forward pass in one kernel and FusedBatchNormGradV3 the backward pass in one. The
+  math is Keras': batch mean and biased batch variance normalise the batch, and the moving
+  statistics get `moving * momentum + batch * (1 - momentum)` with the biased variance (the fused
+  kernel returns the unbiased one; it is scaled back). Same variables, names and config, so
+  saved models, checkpoints and `isinstance(layer, keras.layers.BatchNormalization)` are as
+  before.
+
+  Keras' own path runs wherever the fused one would differ or cannot run: other backends (JAX),
+  inference mode and frozen layers (the moving statistics; bit for bit Keras'), synchronized
+  batch statistics (all-reduced over replicas), masks, renorm, and inputs other than 4-D
+  channels-last.
+  """
+
+  def _fusable(self, inputs, training, mask):
+    return (training and self.trainable and mask is None and not self.renorm
+            and not self.synchronized and self.scale and self.center
+            and len(inputs.shape) == 4 and self.axis in (-1, 3)
+            and keras.backend.backend() == "tensorflow")
+
+  def call(self, inputs, training=None, mask=None):
+    if not self._fusable(inputs, training, mask):
+      return super().call(inputs, training=training, mask=mask)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (the TF backend only)
+    # float32 statistics and normalisation whatever the input's dtype, as Keras does.
+    x = tf.cast(inputs, tf.float32)
+    empty = tf.constant([], tf.float32)
+    y, mean, unbiased_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=tf.cast(self.gamma, tf.float32), offset=tf.cast(self.beta, tf.float32),
+        mean=empty, variance=empty, epsilon=self.epsilon, exponential_avg_factor=1.0,
+        data_format="NHWC", is_training=True)
+    # The kernel returns variance * n / max(n - 1, 1) for n values a channel.
+    shape = tf.shape(x)
+    count = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
+    variance = unbiased_variance * (tf.maximum(count - 1.0, 1.0) / count)
+    momentum = self.momentum
+    self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+    self.moving_variance.assign(self.moving_variance * momentum + variance * (1.0 - momentum))
+    return tf.cast(y, self.compute_dtype)
+
+
 def _replica_in_sync():
   """This replica's index in its tf.distribute strategy when there are several, else None."""
   if keras.backend.backend() != "tensorflow":
@@ -78,7 +125,7 @@ def conv_bn(x, filters, kernel_size, strides, name, *, activation=True, depthwis
     x = keras.layers.Conv2D(
         filters, kernel_size, strides=strides, padding="same", use_bias=False,
         kernel_initializer=CONV_KERNEL_INITIALIZER, name=conv_name)(x)
-  x = keras.layers.BatchNormalization(
+  x = BatchNormalization(
       momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON, synchronized=synchronized,
       name=bn_name)(x)
   if activation:
