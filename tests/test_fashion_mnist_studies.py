@@ -32,15 +32,16 @@ HAND_MADE = {
     "runs": {
         "seed1": {"teacher": {"validation": 0.80, "test": 0.79, "load_mean": 2.0},
                   "student_1": {"validation": 0.83, "test": 0.82, "load_mean": 3.0,
-                                "pseudo_labels_kept": 0.84},
-                  "student_1_no_noise": {"validation": 0.82, "test": 0.815},
+                                "pseudo_labels_kept": 0.84, "wall_seconds": 600},
+                  "student_1_no_noise": {"validation": 0.82, "test": 0.815,
+                                         "wall_seconds": 480},
                   "student_1_hard": {"validation": 0.835, "test": 0.825},
                   "robustness": {"teacher": {"mce": 100.0, "flip_rate": 0.07},
                                  "student_1": {"mce": 70.0, "flip_rate": 0.04},
                                  "student_1_no_noise": {"mce": 99.0, "flip_rate": 0.06}}},
         "seed2": {"teacher": {"validation": 0.81, "test": 0.80, "load_mean": 2.5},
                   "student_1": {"validation": 0.84, "test": 0.825, "load_mean": 2.5,
-                                "pseudo_labels_kept": 0.85},
+                                "pseudo_labels_kept": 0.85, "wall_seconds": 900},
                   "student_1_no_noise": {"validation": 0.845, "test": 0.81},
                   "student_1_hard": {"validation": 0.845, "test": 0.83},
                   "robustness": {"teacher": {"mce": 100.0, "flip_rate": 0.06},
@@ -88,6 +89,9 @@ def test_table_rows_against_the_hand_made_results():
   assert _row(lines, "ood")[5] == "not run"
   assert lines[-1].startswith("Machine: test machine; 1-minute load average during the runs "
                               f"{statistics.mean([2.0, 3.0, 2.5, 2.5]):.1f} (2.0 - 3.0)")
+  # Wall minutes: the base's iterate on student_1 (seeds 1-2), the control on its own arm.
+  assert lines[-3] == ("Wall minutes a seed, each study's own runs (the base's shared): "
+                       f"base {(600 + 900) / 2 / 60:.1f} (10.0 - 15.0); noise 8.0 (one seed).")
 
 
 def test_direction_is_mixed_when_the_splits_disagree():
