@@ -522,9 +522,12 @@ def run_predict():
     raise app.UsageError("predict needs --output")
   config, strategy = predict_config(), _strategy()
   model = _model_for(FLAGS.checkpoint, FLAGS.num_classes, strategy)
+  # Recorded for the filter's reports only when known: --class_names, or the teacher's run's.
+  names = FLAGS.class_names or checkpoints.known_class_names(
+      FLAGS.checkpoint, checkpoints.model_classes(model), checkpoint_format=FLAGS.checkpoint_format)
   summary = predict.predict_phase(model, FLAGS.unlabeled_data, FLAGS.output,
                                   _preprocess_for(FLAGS.checkpoint, model), config,
-                                  strategy=strategy)
+                                  strategy=strategy, class_names=names)
   shown = {k: summary[k] for k in ("images", "images_per_second")}
   if FLAGS.predictions_format != "tfrecord":
     from noisy_student.phases import prediction_table  # pylint: disable=g-import-not-at-top

@@ -89,12 +89,17 @@ def load_run_config(checkpoint):
     return json.load(f)
 
 
-def load_class_names(checkpoint, num_classes, *, checkpoint_format="keras"):
-  """The names of a checkpoint's `num_classes` classes: those of its train run's labeled data
-  (the manifest that train_config.json's labeled_data points to), else the label numbers "0",
-  "1", ... (also when that manifest is gone or names another number of classes)."""
+def known_class_names(checkpoint, num_classes, *, checkpoint_format="keras"):
+  """The names of a checkpoint's `num_classes` classes from its train run's labeled data (the
+  manifest that train_config.json's labeled_data points to), or None when they are not known
+  (no run, the manifest gone or naming another number of classes)."""
   run = load_run_config(checkpoint) if checkpoint_format == "keras" else None
-  names = manifest.class_names_for(run["labeled_data"], num_classes) if run else None
+  return manifest.class_names_for(run["labeled_data"], num_classes) if run else None
+
+
+def load_class_names(checkpoint, num_classes, *, checkpoint_format="keras"):
+  """`known_class_names`, else the label numbers "0", "1", ..."""
+  names = known_class_names(checkpoint, num_classes, checkpoint_format=checkpoint_format)
   return names or [str(label) for label in range(num_classes)]
 
 

@@ -72,6 +72,9 @@ def test_teacher_predict_filter_student_eval(converted, tmp_path, plot_labels):
       f"--unlabeled_data={d / 'unlabeled'}", f"--output={tmp_path / 'predict'}", "--batch_size=16")
   summary = json.loads((tmp_path / "predict" / "summary.json").read_text())
   assert summary["images"] == 72 and summary["num_classes"] == 3
+  # The teacher's class names (its labeled data's) are recorded for the filter's reports: an
+  # unlabeled pool of one's own has none.
+  assert summary["class_names"] == CLASS_NAMES
   for entry in summary["shards"]:   # record i of a prediction shard is record i of its input
     assert _keys(tmp_path / "predict" / entry["output"]) == _keys(entry["input"])
 

@@ -159,6 +159,9 @@ def _differences(recorded, settings, prefix=""):
   return found
 
 
+STUDENT_INITS = ("scratch", "teacher")
+
+
 @dataclasses.dataclass(frozen=True)
 class Round:
   """What one round trains after its teacher's predict and filter.
@@ -184,16 +187,16 @@ class Round:
       raise ValueError(f"--student_init must be one of {STUDENT_INITS}, got {self.init!r}")
 
   def settings(self):
-    """What shapes the round's results (iterate_settings.json, summary.json): how often
-    training evaluates does not."""
-    def recorded(config):
-      return config and {k: v for k, v in dataclasses.asdict(config).items()
-                         if k != "eval_every_keras_epochs"}
-    return {"student": recorded(self.student), "init": self.init,
-            "finetune": recorded(self.finetune), "finetune_noise": self.finetune_noise}
+    """What shapes the round's results (iterate_settings.json)."""
+    return {"student": _recorded(self.student), "init": self.init,
+            "finetune": _recorded(self.finetune), "finetune_noise": self.finetune_noise}
 
 
-STUDENT_INITS = ("scratch", "teacher")
+def _recorded(config):
+  """A TrainConfig's fields as settings: how often training evaluates shapes no result (a rerun
+  may change it)."""
+  return config and {k: v for k, v in dataclasses.asdict(config).items()
+                     if k != "eval_every_keras_epochs"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,6 +286,30 @@ def check_before_the_teacher(teacher_config, filter_rule, *, labeled_data, unlab
   return data, unlabeled_rows
 
 
+def _check_growing(teacher_config, rounds, teacher_checkpoint):
+  """Each student equal or larger than its teacher; returns the first teacher's variant."""
+  first = (teacher_checkpoint.variant_and_classes()[0] if teacher_checkpoint
+           else teacher_config.model)
+  order = list(efficientnet.VARIANTS)
+  models = [first] + [r.student.model for r in rounds]
+  sizes = [order.index(m) for m in models]
+  if sizes != sorted(sizes):
+    raise ValueError(f"students must be equal or larger than their teachers: {models}")
+  return first
+
+
+def run_settings(teacher_config, rounds, *, labeled_data, unlabeled_data, eval_data,
+                 validation_data, filter_rule, predict_config, teacher_checkpoint):
+  """Everything that shapes an iterate run's results (iterate_settings.json, `check_settings`)."""
+  return {
+      "teacher_config": _recorded(teacher_config),
+      "rounds": [r.settings() for r in rounds], "labeled_data": labeled_data,
+      "unlabeled_data": unlabeled_data, "eval_data": eval_data,
+      "validation_data": validation_data, "filter_rule": dataclasses.asdict(filter_rule),
+      "predict_config": dataclasses.asdict(predict_config),
+      "teacher_checkpoint": teacher_checkpoint and dataclasses.asdict(teacher_checkpoint)}
+
+
 def _round_row(k, role, model, metrics, **extra):
   row = {"round": k, "role": role, "model": model, "top1": metrics["top1"], "top5": metrics["top5"]}
   if "validation" in metrics:
@@ -340,13 +367,7 @@ def iterate(teacher_config, rounds, workdir, *, labeled_data, unlabeled_data, ev
     The summary (also `<workdir>/summary.json`): per round model, the values it trained with,
     top-1, top-5, kept images.
   """
-  first = (teacher_checkpoint.variant_and_classes()[0] if teacher_checkpoint
-           else teacher_config.model)
-  order = list(efficientnet.VARIANTS)
-  models = [first] + [r.student.model for r in rounds]
-  sizes = [order.index(m) for m in models]
-  if sizes != sorted(sizes):
-    raise ValueError(f"students must be equal or larger than their teachers: {models}")
+  first = _check_growing(teacher_config, rounds, teacher_checkpoint)
   evaluates_while_training = [teacher_config] + [r.student for r in rounds]
   if any(c.eval_every_keras_epochs for c in evaluates_while_training) and not validation_data:
     raise ValueError("--eval_every_keras_epochs in iterate evaluates on --validation_data, which "
@@ -356,16 +377,10 @@ def iterate(teacher_config, rounds, workdir, *, labeled_data, unlabeled_data, ev
   predict_config = predict_config or predict.PredictConfig()
   eval_config = eval_config or evaluate.EvalConfig()
   filter_rule = filter_rule or filter_balance.FilterRule()
-  # How often training evaluates shapes no result: a rerun may change it.
-  recorded_config = {k: v for k, v in dataclasses.asdict(teacher_config).items()
-                     if k != "eval_every_keras_epochs"}
-  settings = {
-      "teacher_config": recorded_config, "rounds": [r.settings() for r in rounds],
-      "labeled_data": labeled_data, "unlabeled_data": unlabeled_data, "eval_data": eval_data,
-      "validation_data": validation_data,
-      "filter_rule": dataclasses.asdict(filter_rule),
-      "predict_config": dataclasses.asdict(predict_config),
-      "teacher_checkpoint": teacher_checkpoint and dataclasses.asdict(teacher_checkpoint)}
+  settings = run_settings(teacher_config, rounds, labeled_data=labeled_data,
+                          unlabeled_data=unlabeled_data, eval_data=eval_data,
+                          validation_data=validation_data, filter_rule=filter_rule,
+                          predict_config=predict_config, teacher_checkpoint=teacher_checkpoint)
   check_settings(workdir, settings, write=worker.chief)
   check_before_the_teacher(teacher_config, filter_rule, labeled_data=labeled_data,
                            unlabeled_data=unlabeled_data, eval_data=eval_data,
@@ -400,8 +415,10 @@ def iterate(teacher_config, rounds, workdir, *, labeled_data, unlabeled_data, ev
       prep = teacher.eval_preprocessing(model)
       worker_config = dataclasses.replace(predict_config, num_workers=worker.count,
                                           worker_index=worker.index)
+      names = checkpoints.known_class_names(teacher.checkpoint, checkpoints.model_classes(model),
+                                            checkpoint_format=teacher.checkpoint_format)
       summary = predict.predict_phase(model, unlabeled_data, predict_dir, prep, worker_config,
-                                      strategy=strategy)
+                                      strategy=strategy, class_names=names)
       if worker.count > 1 and worker.chief:
         # A worker writes its summary after its shards: with every summary there, the chief
         # combines them into the summary.json the filter reads.
@@ -482,21 +499,11 @@ def plan_iterate(teacher_config, rounds, workdir, *, labeled_data, unlabeled_dat
   replicas = strategy.num_replicas_in_sync
   predict_config = predict_config or predict.PredictConfig()
   filter_rule = filter_rule or filter_balance.FilterRule()
-  first = (teacher_checkpoint.variant_and_classes()[0] if teacher_checkpoint
-           else teacher_config.model)
-  order = list(efficientnet.VARIANTS)
-  models = [first] + [r.student.model for r in rounds]
-  if [order.index(m) for m in models] != sorted(order.index(m) for m in models):
-    raise ValueError(f"students must be equal or larger than their teachers: {models}")
-  settings = {
-      "teacher_config": {k: v for k, v in dataclasses.asdict(teacher_config).items()
-                         if k != "eval_every_keras_epochs"},
-      "rounds": [r.settings() for r in rounds], "labeled_data": labeled_data,
-      "unlabeled_data": unlabeled_data, "eval_data": eval_data,
-      "validation_data": validation_data, "filter_rule": dataclasses.asdict(filter_rule),
-      "predict_config": dataclasses.asdict(predict_config),
-      "teacher_checkpoint": teacher_checkpoint and dataclasses.asdict(teacher_checkpoint)}
-  check_settings(workdir, settings, write=False)
+  _check_growing(teacher_config, rounds, teacher_checkpoint)
+  check_settings(workdir, run_settings(
+      teacher_config, rounds, labeled_data=labeled_data, unlabeled_data=unlabeled_data,
+      eval_data=eval_data, validation_data=validation_data, filter_rule=filter_rule,
+      predict_config=predict_config, teacher_checkpoint=teacher_checkpoint), write=False)
   data, unlabeled_rows = check_before_the_teacher(
       teacher_config, filter_rule, labeled_data=labeled_data, unlabeled_data=unlabeled_data,
       eval_data=eval_data, validation_data=validation_data)

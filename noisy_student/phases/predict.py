@@ -308,7 +308,8 @@ def combine_worker_summaries(output_dir, num_workers):
   for path in worker_summary_paths(output_dir, num_workers):
     with tf.io.gfile.GFile(path) as f:
       shares.append(json.load(f))
-  summary = {key: shares[0][key] for key in ("num_classes", "top_k")}
+  summary = {key: shares[0][key] for key in ("num_classes", "top_k", "class_names")
+             if key in shares[0]}
   summary["num_workers"] = num_workers
   summary["shards"] = sorted((e for share in shares for e in share["shards"]),
                              key=lambda entry: entry["output"])
@@ -321,7 +322,8 @@ def combine_worker_summaries(output_dir, num_workers):
   return summary
 
 
-def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config, strategy=None):
+def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config, strategy=None,
+                  class_names=None):
   """Writes one prediction shard per unlabeled shard of this worker, then a summary JSON.
 
   Args:
@@ -332,6 +334,8 @@ def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config, 
     config: `PredictConfig` (its mixed_precision is the loader's: `model` runs as it is).
     strategy: the tf.distribute strategy `model` was loaded under (default: the current one);
       each batch is split over its replicas.
+    class_names: the teacher's classes' names, recorded in the summary: the filter names its
+      reports by them (unlabeled data has no names of its own).
 
   Returns:
     The summary dict (also written to `output_dir/summary*.json`).
@@ -347,8 +351,9 @@ def predict_phase(model, unlabeled_data, output_dir, preprocess_config, config, 
     entries.update(zip(todo, _predict_shards(infer, num_classes, todo, output_dir,
                                              preprocess_config, config, progress)))
   entries = [entries[shard] for shard in shards]
+  names = {"class_names": list(class_names)} if class_names else {}
   summary = save_summary(output_dir, entries, num_classes, config, progress.count,
-                         progress.rate)
+                         progress.rate, **names)
   logging.info("predict: %d images in %d shards, %.1f images/s", summary["images"], len(entries),
                progress.rate)
   return summary
