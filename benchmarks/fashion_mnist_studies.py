@@ -299,8 +299,9 @@ def cost_lines(results, seeds):
     minutes = [study_minutes(results, study, s) for s in seeds]
     if any(m is not None for m in minutes):
       costs.append(f"{study} {summary(minutes, 1.0, 1)}")
-  load = [r.get("load_mean") for s in seeds for r in runs.get(f"seed{s}", {}).values()
-          if isinstance(r, dict)]
+  # The teacher's entry may repeat its iterate run's figures (recorded on student_1 too).
+  load = [r.get("load_mean") for s in seeds for arm, r in runs.get(f"seed{s}", {}).items()
+          if isinstance(r, dict) and arm != "teacher"]
   if not costs and not any(v is not None for v in load):
     return []
   return ["", f"Wall minutes a seed, each study's own runs (the base's shared): "
@@ -421,8 +422,9 @@ class Seed:
     for k, arm in enumerate(arms):
       if arm in self.entry:
         continue
+      # The iterate run's wall time and load go with its last round (its teacher's are in it).
       value = {"validation": rounds[k]["validation_top1"], "test": rounds[k]["top1"],
-               **(measured or {})}
+               **((measured or {}) if k == iterations else {})}
       if k:
         value.update(self._pseudo_labels(f"{self.runs}/iterate/iter_{k}"))
       self.entry[arm] = value
