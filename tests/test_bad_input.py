@@ -185,14 +185,17 @@ def test_prediction_shards_that_do_not_line_up_with_their_images_are_an_error(un
   serialized = _serialized(second)
   serialized[2], serialized[3] = serialized[3], serialized[2]
   records.write_atomically(str(second), serialized)
+  # --images_per_class that fits the 24 images: the paper's 130,000 is refused before reading.
   message = _error("--mode=filter", f"--predictions={predictions}",
-                   f"--unlabeled_data={root / 'unlabeled'}", f"--output={tmp_path / 'out'}")
+                   f"--unlabeled_data={root / 'unlabeled'}", f"--output={tmp_path / 'out'}",
+                   "--images_per_class=8")
   assert "record 2 of" in message
   assert str(second) in message and str(root / "unlabeled" / second.name) in message
   assert _nothing_final_in(tmp_path / "out")
   # Predictions of other images: the first keys already differ.
   message = _error("--mode=filter", f"--predictions={root / 'predictions'}",
-                   f"--unlabeled_data={inputs / 'labeled'}", f"--output={tmp_path / 'out'}")
+                   f"--unlabeled_data={inputs / 'labeled'}", f"--output={tmp_path / 'out'}",
+                   "--images_per_class=8")
   assert "record 0 of" in message and str(inputs / "labeled") in message
   assert _nothing_final_in(tmp_path / "out")
 
@@ -215,7 +218,8 @@ def test_truncated_shards_are_an_error_naming_them(undecodable, inputs, tmp_path
   damaged = _shards(predictions)[0]
   damaged.write_bytes(damaged.read_bytes()[:-30])
   message = _error("--mode=filter", f"--predictions={predictions}",
-                   f"--unlabeled_data={root / 'unlabeled'}", f"--output={tmp_path / 'out'}")
+                   f"--unlabeled_data={root / 'unlabeled'}", f"--output={tmp_path / 'out'}",
+                   "--images_per_class=8")
   assert f"cannot read prediction shard {damaged}" in message
   assert _nothing_final_in(tmp_path / "out")
 
