@@ -64,7 +64,7 @@ FRAMEWORKS = ("ours", "project", "keras", "timm", "ours_keras_bn")
 # name: (label, mode, image size, batch, width, depth, steps a window, labeled rows)
 CASES = {
     "train32": ("training, B0, 32x32, batch 128", "train", 32, 128, 1.0, 1.0, 40, 128),
-    "train224": ("training, B0, 224x224, batch 16", "train", 224, 16, 1.0, 1.0, 16, 16),
+    "train224": ("training, B0, 224x224, batch 16", "train", 224, 16, 1.0, 1.0, 10, 16),
     "student": ("training, student (B0 w0.5 d0.5), 32x32, batch 64+32", "train", 32, 96, 0.5,
                 0.5, 100, 64),
     "infer32": ("inference, B0, 32x32, batch 256", "infer", 32, 256, 1.0, 1.0, 20, 256),
