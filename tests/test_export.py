@@ -34,10 +34,12 @@ CHANNEL = {"red": 0, "green": 1, "blue": 2}  # bright in an image of that class
 SIZE = 16  # the model's input; the files are 12-40 pixels a side
 TINY_MODEL = [f"--image_size={SIZE}", "--width_coefficient=0.1", "--depth_coefficient=0.1"]
 # A float32 network on other batch compositions (eval: batches of 256 through one tf.function;
-# the SavedModel: one image per call) moves these probabilities by ~1e-7 (the float64 softmax of
-# predict against the SavedModel's float32 one adds ~1e-7); 1e-5 leaves a margin of 10 and stays
-# below the top-1/top-2 gaps the argmax comparison relies on (asserted > 1e-4).
-PROBABILITY_ATOL = 1e-5
+# the SavedModel: one image per call) moves these probabilities by ~1e-7 to 1.2e-5, depending on
+# the trained weights (measured: 1.2e-5 on two of 54 values once batch norm was recalibrated in
+# 256-image batches; the float64 softmax of predict against the SavedModel's float32 one adds
+# ~1e-7); 5e-5 leaves a margin of 4 and is half the top-1/top-2 gap the argmax comparison relies
+# on (asserted > 1e-4), so no argmax can flip within it.
+PROBABILITY_ATOL = 5e-5
 SUBPROCESS_TIMEOUT_S = 120
 
 

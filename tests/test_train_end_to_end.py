@@ -484,12 +484,14 @@ def test_the_end_of_a_run_never_builds_a_batch_larger_than_the_inference_batch(
   assert sum(count for training, count in steps if training) == NUM_LABELED
 
 
-def test_a_finished_workdir_is_reported_refused_or_overwritten(easy_data, tmp_path, capsys):
+def test_a_finished_workdir_is_reported_refused_or_overwritten(easy_data, default_run, tmp_path,
+                                                               capsys):
   """The same command again reports the finished run and does nothing; other settings are an
   error naming the difference; --overwrite removes what the old run left, then trains."""
+  import shutil  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "run"
-  args = _train_args(easy_data, workdir, "--train_steps=2")
-  _run_in_process(*args)
+  shutil.copytree(default_run[0], workdir)  # the default run, finished (its workdir is no setting)
+  args = _train_args(easy_data, workdir)
   model = workdir / "model.keras"
   first = (model.read_bytes(), model.stat().st_mtime_ns)
   capsys.readouterr()
@@ -502,7 +504,7 @@ def test_a_finished_workdir_is_reported_refused_or_overwritten(easy_data, tmp_pa
     _run_in_process(*args, "--width_coefficient=0.2")
   (workdir / "left_by_the_old_run.txt").write_text("x")
   old_events = list((workdir / "tensorboard").rglob("events.*"))
-  _run_in_process(*args, "--width_coefficient=0.2", "--overwrite")
+  _run_in_process(*args, "--width_coefficient=0.2", "--overwrite", "--train_steps=2")
   assert not (workdir / "left_by_the_old_run.txt").exists()
   assert not any(path.exists() for path in old_events)
   assert _json(workdir / "train_config.json")["config"]["width_coefficient"] == 0.2
