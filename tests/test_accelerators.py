@@ -149,6 +149,7 @@ def _weights(workdir):
   return {w.path: np.asarray(w) for w in model.weights}
 
 
+@pytest.mark.slow  # ~25-50 s; XLA is off by default on CPUs (the predict/eval XLA test stays)
 def test_jit_compiled_training_equals_the_uncompiled(data):
   root = data["root"]
   run(*_train_args(data, root / "train_plain", "--nojit_compile"))
