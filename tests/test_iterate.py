@@ -14,6 +14,8 @@ from absl import flags
 import main
 from data import pipeline
 from noisy_student import checkpoints
+from noisy_student import filter_balance
+from noisy_student.phases import filter_phase
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--model=efficientnet-b0", "--width_coefficient=0.1", "--depth_coefficient=0.1",
@@ -141,5 +143,11 @@ def test_a_dry_run_after_the_predictions_counts_what_the_filter_kept(chain):
   assert planned["filter"]["with_copies"] == stats["totals"]["with_copies"]
   assert planned["filter"]["kept_unique"] == stats["totals"]["kept_unique"]
   assert planned["train"]["pseudo_rows"] == stats["totals"]["with_copies"]
+  # Before the filter has run, the plan counts from the predictions without writing: the same
+  # totals as the filter that wrote stats.json (two paths of filter_phase agree).
+  rule = filter_balance.FilterRule(threshold=0.0, images_per_class=20, seed=3)
+  assert filter_phase.count_selection(
+      str(chain["workdir"] / "iter_1" / "predict"), str(chain["root"] / "unlabeled"),
+      rule) == stats["totals"]
   assert np.isclose(planned["train"]["pseudo_epochs"],
                     4 * 8 / stats["totals"]["with_copies"])

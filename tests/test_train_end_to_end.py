@@ -454,7 +454,7 @@ def test_the_end_of_a_run_never_builds_a_batch_larger_than_the_inference_batch(
     easy_data, tmp_path, monkeypatch):
   """Batch-norm check and recalibration and the final eval, after fit: every model call they
   make holds at most --inference_batch_size images (the run trains on batches four times that),
-  through the inference step."""
+  through the inference step. The run is exactly the steps asked, its last Keras epoch short."""
   import efficientnet  # pylint: disable=g-import-not-at-top
   from noisy_student import inference  # pylint: disable=g-import-not-at-top
   after_fit, sizes, steps = [], [], []
@@ -472,9 +472,14 @@ def test_the_end_of_a_run_never_builds_a_batch_larger_than_the_inference_batch(
   step_call = inference.InferenceStep.__call__
   monkeypatch.setattr(inference.InferenceStep, "__call__", lambda self, images: (
       steps.append((self.training, int(images.shape[0]))), step_call(self, images))[1])
+  # 7 steps of 400 / 64 = 6.25 steps an epoch: Keras epochs of 6 and a last one of 1.
   _run_in_process(*_train_args(easy_data, tmp_path / "bounded", "--batch_size=64",
-                               "--inference_batch_size=16", "--train_steps=2",
+                               "--inference_batch_size=16", "--train_steps=7",
                                "--batch_norm_recalibration=always"))
+  history = _json(tmp_path / "bounded" / "history.json")
+  assert history["optimizer_iterations"] == 7  # as asked, not rounded up to 12
+  assert history["history"]["step"] == [6, 7]
+  np.testing.assert_allclose(history["history"]["data_epoch"], [6 * 64 / 400, 7 * 64 / 400])
   known = [size for size in sizes if size is not None]
   assert known and max(known) <= 16, sizes
   # Inference mode for the check and the eval, training mode (batch statistics) to recalibrate:

@@ -123,15 +123,9 @@ def filter_and_balance_phase(predictions, unlabeled_data, output_dir,
   classes = num_classes or (summary or {}).get("num_classes")
   if classes and all(pair.count is not None for pair in pairs):  # before reading a record
     filter_balance.check_images_per_class(rule, sum(pair.count for pair in pairs), classes)
-  first_predictions = _first_records([pair.prediction for pair in pairs])
-  soft = _soft_label_format(pairs, first_predictions)
-  _check_first_keys(pairs, first_predictions)
-  num_classes = _num_classes(num_classes, summary, soft)
+  soft, num_classes, selection, counts, histogram = _select(pairs, summary, rule, num_classes,
+                                                            batch_size)
   class_names = _class_names(class_names, summary, pairs, num_classes)
-  selector = filter_balance.Selector(num_classes, rule)
-  histogram = np.zeros((num_classes, HISTOGRAM_BINS), np.int64)
-  counts = scan_predictions(pairs, soft, num_classes, selector, batch_size, histogram)
-  selection = selector.result()
   if rule.duplicate:
     refusal = filter_balance.fill_limit_error(selection.kept_unique, rule.images_per_class,
                                               class_names)
@@ -534,11 +528,17 @@ def count_selection(predictions, unlabeled_data, rule=filter_balance.FilterRule(
   the threshold, kept, with copies), from the same pass over the predictions, writing nothing:
   what `--dry_run` reports once predictions exist."""
   pairs, summary = _resolve_pairs(predictions, unlabeled_data)
+  return _select(pairs, summary, rule, num_classes, batch_size)[2].stats()["totals"]
+
+
+def _select(pairs, summary, rule, num_classes, batch_size):
+  """Pass 1 over the paired prediction shards, their format and first keys checked: (soft-label
+  format, class count, `filter_balance.Selection`, records per shard, confidence histogram)."""
   first_predictions = _first_records([pair.prediction for pair in pairs])
   soft = _soft_label_format(pairs, first_predictions)
   _check_first_keys(pairs, first_predictions)
   num_classes = _num_classes(num_classes, summary, soft)
   selector = filter_balance.Selector(num_classes, rule)
   histogram = np.zeros((num_classes, HISTOGRAM_BINS), np.int64)
-  scan_predictions(pairs, soft, num_classes, selector, batch_size, histogram)
-  return selector.result().stats()["totals"]
+  counts = scan_predictions(pairs, soft, num_classes, selector, batch_size, histogram)
+  return soft, num_classes, selector.result(), counts, histogram

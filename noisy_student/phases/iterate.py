@@ -125,10 +125,11 @@ def check_settings(workdir, settings, write=True):
   path = os.path.join(workdir, SETTINGS)
   if tf.io.gfile.exists(path):
     recorded = _load_json(path)
-    differing = _differences(recorded, settings)
+    # The rounds list aside: compared round by round.
+    differing = train.setting_differences(recorded, settings, skip=("rounds",))
     old_rounds, new_rounds = recorded.get("rounds", []), settings["rounds"]
     for k, (old, new) in enumerate(zip(old_rounds, new_rounds), start=1):
-      differing += _differences(old, new, f"round {k} ")
+      differing += train.setting_differences(old, new, f"round {k} ")
     if differing:
       raise ValueError(f"--workdir {workdir} holds an iterate run with other settings "
                        f"({'; '.join(differing)}): its finished phases would be reused. Use "
@@ -142,21 +143,6 @@ def check_settings(workdir, settings, write=True):
     return
   tf.io.gfile.makedirs(workdir)
   records.write_text_atomically(path, json.dumps(settings, indent=1) + "\n")
-
-
-def _differences(recorded, settings, prefix=""):
-  """'name: old -> new' for every leaf that differs, the rounds list aside (compared round by
-  round by `check_settings`)."""
-  found = []
-  for key in sorted(set(recorded) | set(settings)):
-    if not prefix and key == "rounds":
-      continue
-    old, new = recorded.get(key), settings.get(key)
-    if isinstance(old, dict) and isinstance(new, dict):
-      found += _differences(old, new, f"{prefix}{key}.")
-    elif old != new:
-      found.append(f"{prefix}{key}: {old!r} -> {new!r}")
-  return found
 
 
 STUDENT_INITS = ("scratch", "teacher")
@@ -188,15 +174,9 @@ class Round:
 
   def settings(self):
     """What shapes the round's results (iterate_settings.json)."""
-    return {"student": _recorded(self.student), "init": self.init,
-            "finetune": _recorded(self.finetune), "finetune_noise": self.finetune_noise}
-
-
-def _recorded(config):
-  """A TrainConfig's fields as settings: how often training evaluates shapes no result (a rerun
-  may change it)."""
-  return config and {k: v for k, v in dataclasses.asdict(config).items()
-                     if k != "eval_every_keras_epochs"}
+    return {"student": train.result_settings(self.student), "init": self.init,
+            "finetune": self.finetune and train.result_settings(self.finetune),
+            "finetune_noise": self.finetune_noise}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,7 +282,7 @@ def run_settings(teacher_config, rounds, *, labeled_data, unlabeled_data, eval_d
                  validation_data, filter_rule, predict_config, teacher_checkpoint):
   """Everything that shapes an iterate run's results (iterate_settings.json, `check_settings`)."""
   return {
-      "teacher_config": _recorded(teacher_config),
+      "teacher_config": train.result_settings(teacher_config),
       "rounds": [r.settings() for r in rounds], "labeled_data": labeled_data,
       "unlabeled_data": unlabeled_data, "eval_data": eval_data,
       "validation_data": validation_data, "filter_rule": dataclasses.asdict(filter_rule),

@@ -318,15 +318,20 @@ class _RunFacts(keras.callbacks.Callback):
 
 
 class StopAtStep(keras.callbacks.Callback):
-  """Ends the run after exactly `total_steps` optimizer steps: Keras epochs of one size cannot
-  tile every total, so the last one stops short (plan.keras_epochs)."""
+  """Ends the last Keras epoch after its `tiling.last` steps, so the run is exactly the steps
+  asked (plan.keras_epochs): counted from Keras' own epoch and batch indices, so no step reads
+  a value back from the device."""
 
-  def __init__(self, total_steps):
+  def __init__(self, tiling):
     super().__init__()
-    self.total_steps = total_steps
+    self.tiling = tiling
+    self.in_last_epoch = False
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.in_last_epoch = epoch == self.tiling.count - 1
 
   def on_train_batch_end(self, batch, logs=None):
-    if int(self.model.optimizer.iterations.numpy()) >= self.total_steps:
+    if self.in_last_epoch and batch + 1 >= self.tiling.last:
       self.model.stop_training = True
 
 
@@ -474,23 +479,31 @@ def plan_run(config, data, *, replicas=1, role=None):
                                 pseudo_rows=data.pseudo_rows)
 
 
+def result_settings(config):
+  """A TrainConfig (or its recorded dict) as what shapes a run's result: every field but how
+  often it evaluates while training, which a rerun may change."""
+  fields = config if isinstance(config, dict) else dataclasses.asdict(config)
+  return {k: v for k, v in fields.items() if k != "eval_every_keras_epochs"}
+
+
 def run_request(config, data, init_checkpoint):
-  """What shapes a run's result: compared with a workdir's recorded run (`check_workdir`). How
-  often it evaluates while training does not."""
-  recorded = {k: v for k, v in dataclasses.asdict(config).items()
-              if k != "eval_every_keras_epochs"}
-  return {"config": recorded, "labeled_data": data.labeled_data,
+  """What shapes a run's result, compared with a workdir's recorded run (`check_workdir`)."""
+  return {"config": result_settings(config), "labeled_data": data.labeled_data,
           "pseudo_labeled_data": data.pseudo_labeled_data, "init_checkpoint": init_checkpoint}
 
 
-def _differences(recorded, request):
+def setting_differences(recorded, settings, prefix="", skip=()):
+  """'name: old -> new' for every leaf of two settings dicts that differs (nested names joined
+  by dots), the top-level keys in `skip` aside."""
   found = []
-  for key in sorted(request):
-    old, new = recorded.get(key), request[key]
+  for key in sorted(set(recorded) | set(settings)):
+    if not prefix and key in skip:
+      continue
+    old, new = recorded.get(key), settings.get(key)
     if isinstance(old, dict) and isinstance(new, dict):
-      found += [f"{key}.{d}" for d in _differences(old, new)]
+      found += setting_differences(old, new, f"{prefix}{key}.")
     elif old != new:
-      found.append(f"{key}: {old!r} -> {new!r}")
+      found.append(f"{prefix}{key}: {old!r} -> {new!r}")
   return found
 
 
@@ -515,9 +528,8 @@ def check_workdir(workdir, request, *, overwrite=False, chief=True):
   with tf.io.gfile.GFile(config_path) as f:
     recorded = json.load(f)
   recorded_request = {k: recorded.get(k) for k in request}
-  recorded_request["config"] = {k: v for k, v in (recorded.get("config") or {}).items()
-                                if k != "eval_every_keras_epochs"}
-  differing = _differences(recorded_request, json.loads(json.dumps(request)))
+  recorded_request["config"] = result_settings(recorded.get("config") or {})
+  differing = setting_differences(recorded_request, json.loads(json.dumps(request)))
   finished = tf.io.gfile.exists(model_path)
   if differing:
     raise ValueError(
@@ -645,11 +657,12 @@ def fit(model, stream, plan, callbacks, *, initial_epoch=0, verbose=None):
   if verbose is None:
     verbose = 1 if sys.stderr.isatty() else 2
   tiling = plan.keras_epochs
+  if tiling.last < tiling.steps:  # only then a per-step hook
+    callbacks = [*callbacks, StopAtStep(tiling)]
   # Keras prints progress to stdout; stdout is for the command's one JSON summary line.
   with contextlib.redirect_stdout(sys.stderr):
     history = model.fit(stream, epochs=tiling.count, steps_per_epoch=tiling.steps,
-                        initial_epoch=initial_epoch,
-                        callbacks=[*callbacks, StopAtStep(plan.total_steps)], verbose=verbose)
+                        initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose)
   return {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
 
