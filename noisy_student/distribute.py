@@ -107,8 +107,8 @@ def stream_rows_per_step(strategy, global_rows):
   global batch holds `global_rows` of that stream's kind: all of them on one machine; under
   MultiWorkerMirroredStrategy, whose workers each read their own stream (auto-sharding off) and
   whose replicas each take the next slice of their worker's batches, this worker's replicas'
-  share (tests/test_distributed.py's oracle restates it). A resumed run skips this many rows per
-  step done."""
+  share (tests/noisy_student/test_distribute.py's oracle restates it). A resumed run skips this
+  many rows per step done."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
     return global_rows

@@ -21,8 +21,8 @@ import numpy as np
 # FP and unnormalised top-5 distance uT5D per perturbation. The per-severity errors of the 15
 # standard corruptions are the ones ImageNet-C's mCE is computed with (as listed in timm's
 # ImageNet-C evaluation utilities); their means are the paper's appendix-D figures (checked in
-# tests/test_robustness_metrics.py). For the 4 extra corruptions only the paper's means, to 0.1%,
-# are published.
+# tests/noisy_student/test_robustness_metrics.py). For the 4 extra corruptions only the paper's
+# means, to 0.1%, are published.
 ALEXNET_CLEAN_ERROR = 0.435
 
 # The 15 corruptions whose CEs the mCE averages, in the paper's order.

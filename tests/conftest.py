@@ -85,3 +85,26 @@ def foreign_lines():
         found.append(line)
     return found
   return foreign
+
+
+@pytest.fixture(scope="session")
+def accelerator_inputs(tmp_path_factory, bright_channel_shards):
+  """{root, labeled, unlabeled, eval, teacher}: bright-channel shards in 3 classes and a tiny
+  untrained teacher. Session-scoped: tests/integration/test_accelerators.py, and the tests of
+  noisy_student/inference.py and data/pipeline.py that came from it, share one copy."""
+  import efficientnet  # pylint: disable=g-import-not-at-top
+  import keras  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("accelerators")
+  # 21 unlabeled and 19 eval images: batches of 8 leave short last batches (5 and 3 per shard
+  # pair), which run padded.
+  teacher = root / "teacher.keras"
+  keras.utils.set_random_seed(0)
+  model = efficientnet.build_model("efficientnet-b0", 3, small_image=True, image_size=16,
+                                   width_coefficient=0.1, depth_coefficient=0.1)
+  # Random weights give soft labels within 0.01 of uniform; larger logits spread them, so that
+  # no label sits within float noise of a tie.
+  model.get_layer("predictions").kernel.assign(model.get_layer("predictions").kernel * 300)
+  model.save(teacher)
+  return {"root": root, "labeled": bright_channel_shards(root, "labeled", 48, 1, 2),
+          "unlabeled": bright_channel_shards(root, "unlabeled", 21, 2, 2, unlabeled=True),
+          "eval": bright_channel_shards(root, "eval", 19, 3, 2), "teacher": teacher}

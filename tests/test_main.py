@@ -1,23 +1,19 @@
-"""main.py end to end: convert -> train (teacher) -> predict -> filter -> train (student) -> eval,
-on a tiny data set made here, with a tiny model; plus the bad-input errors and flags.md."""
+"""main.py's flags: parse-time errors, the default data set's message, flag choices, flags.md,
+--help, READ_BY against the flags each mode reads, iterate's per-round flags, and the rule that
+only main.py reads flags."""
 
 import ast
-import json
 import pathlib
 import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import tensorflow as tf
 from absl import flags
 
 import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY_MODEL = ["--small_image", "--image_size=16", "--width_coefficient=0.1",
-              "--depth_coefficient=0.1"]
 
 
 def run(*args):
@@ -25,116 +21,6 @@ def run(*args):
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["main.py", *args])
   main.main(["main.py"])
-
-
-CLASS_NAMES = ["red", "green", "blue"]  # what tells the classes of `_images` apart
-
-
-def _images(n, seed):
-  """Three classes a small network learns in a few steps: which channel is bright."""
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, 3, n)
-  images = rng.integers(0, 60, (n, 16, 16, 3)).astype(np.uint8)
-  images[np.arange(n), :, :, labels] += 180
-  return images, labels
-
-
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-  root = tmp_path_factory.mktemp("data")
-  for split, n, seed in (("labeled", 48, 1), ("unlabeled", 72, 2), ("test", 30, 3)):
-    images, labels = _images(n, seed)
-    np.savez(root / f"{split}.npz", images=images, labels=labels)
-    run("--mode=convert", "--source=npz", f"--input={root / split}.npz",
-        f"--output={root / split}", f"--split={split}", "--num_shards=2",
-        f"--class_names={','.join(CLASS_NAMES)}")
-  return root
-
-
-def _keys(path):
-  spec = {"image/key": tf.io.FixedLenFeature([], tf.string)}
-  return [tf.io.parse_single_example(r, spec)["image/key"].numpy()
-          for r in tf.data.TFRecordDataset(str(path))]
-
-
-def test_teacher_predict_filter_student_eval(converted, tmp_path, plot_labels):
-  d = converted
-  common = [*TINY_MODEL, "--batch_size=8", "--warmup_epochs=0", "--seed=3"]
-  run("--mode=train", f"--labeled_data={d / 'labeled'}", f"--eval_data={d / 'test'}",
-      f"--workdir={tmp_path / 'teacher'}", "--train_steps=12", "--randaugment_layers=2",
-      "--randaugment_magnitude=5", "--cutout", *common)
-  assert (tmp_path / "teacher" / "model.keras").exists()
-  history = json.loads((tmp_path / "teacher" / "history.json").read_text())
-  assert history["total_steps"] == 12 and "labeled_loss" in history["history"]
-  assert list((tmp_path / "teacher" / "tensorboard").rglob("events.out.tfevents.*"))
-
-  run("--mode=predict", f"--checkpoint={tmp_path / 'teacher'}",
-      f"--unlabeled_data={d / 'unlabeled'}", f"--output={tmp_path / 'predict'}", "--batch_size=16")
-  summary = json.loads((tmp_path / "predict" / "summary.json").read_text())
-  assert summary["images"] == 72 and summary["num_classes"] == 3
-  # The teacher's class names (its labeled data's) are recorded for the filter's reports: an
-  # unlabeled pool of one's own has none.
-  assert summary["class_names"] == CLASS_NAMES
-  for entry in summary["shards"]:   # record i of a prediction shard is record i of its input
-    assert _keys(tmp_path / "predict" / entry["output"]) == _keys(entry["input"])
-
-  run("--mode=filter", f"--predictions={tmp_path / 'predict'}",
-      f"--unlabeled_data={d / 'unlabeled'}", f"--output={tmp_path / 'filter'}",
-      "--images_per_class=10", "--confidence_threshold=0", "--num_shards=2")
-  stats = json.loads((tmp_path / "filter" / "stats.json").read_text())
-  kept = stats["per_class"]["with_copies"]
-  assert all(k in (0, 10) for k in kept) and sum(kept) > 0
-  # The names given to convert reach the filter's manifest and plots.
-  assert json.loads((tmp_path / "filter" / "manifest.json").read_text())["class_names"] == (
-      CLASS_NAMES)
-  assert plot_labels["class_counts.png"][0][0] == CLASS_NAMES
-
-  run("--mode=train", f"--labeled_data={d / 'labeled'}",
-      f"--pseudo_labeled_data={tmp_path / 'filter'}", "--unlabeled_batch_ratio=2",
-      f"--eval_data={d / 'test'}", f"--workdir={tmp_path / 'student'}", "--train_steps=6",
-      "--randaugment_layers=2", "--randaugment_magnitude=5", *common)
-  student = json.loads((tmp_path / "student" / "history.json").read_text())
-  assert student["history"]["unlabeled_loss"][-1] > 0   # pseudo-labeled rows were trained on
-
-  run("--mode=eval", f"--checkpoint={tmp_path / 'student'}", f"--eval_data={d / 'test'}",
-      f"--output={tmp_path / 'eval'}", "--batch_size=7")
-  metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-  assert metrics["num_examples"] == 30
-  assert set(metrics) >= {"top1", "top5", "loss", "per_class_accuracy"}
-  assert sorted(metrics["per_class_accuracy"]) == sorted(CLASS_NAMES)   # keyed by name
-  assert plot_labels["per_class_accuracy.png"][0][0] == list(metrics["per_class_accuracy"])
-  # The train run's own evaluation (EMA weights) and the eval mode agree.
-  assert metrics["top1"] == pytest.approx(student["eval"]["top1"])
-  assert not list(tmp_path.rglob(".tmp-*"))
-
-
-def _error(*args):
-  with pytest.raises(SystemExit) as raised:
-    run(*args)
-  return str(raised.value)
-
-
-def test_bad_input_is_a_clear_error_before_work(converted, tmp_path):
-  d = converted
-  message = _error("--mode=eval", f"--checkpoint={tmp_path / 'nothing'}",
-                   f"--eval_data={d / 'test'}")
-  assert "nothing" in message and "does not exist" in message
-  empty = tmp_path / "empty"
-  empty.mkdir()
-  message = _error("--mode=train", f"--labeled_data={empty}", f"--workdir={tmp_path / 'w'}",
-                   "--train_steps=1", *TINY_MODEL)
-  assert str(empty) in message
-  assert not (tmp_path / "w" / "model.keras").exists()
-
-
-def test_checkpoint_with_other_class_count_is_rejected(converted, tmp_path):
-  import efficientnet  # pylint: disable=g-import-not-at-top
-  model = efficientnet.build_model("efficientnet-b0", 5, small_image=True,
-                                   width_coefficient=0.1, depth_coefficient=0.1)
-  model.save(tmp_path / "five.keras")
-  message = _error("--mode=eval", f"--checkpoint={tmp_path / 'five.keras'}",
-                   "--normalization=imagenet", f"--eval_data={converted / 'test'}")
-  assert "5 classes" in message and "3" in message
 
 
 @pytest.mark.parametrize("bad_flag", ["--model=efficientnet-b9", "--confidence_threshold=1.5",
@@ -298,143 +184,6 @@ def test_layers_point_one_way():
         assert top not in forbidden, f"{path} imports {name}"
 
 
-def test_iterate_table_gives_each_rounds_change_over_its_own_teacher_and_round_0():
-  """The table iterate prints and saves: the benchmark's seed-0 figures, worked by hand."""
-  from noisy_student.phases import iterate  # pylint: disable=g-import-not-at-top
-  rounds = [{"round": 0, "role": "teacher", "model": "efficientnet-b0", "top1": 0.816,
-             "eval_image_size": 32},
-            {"round": 1, "role": "student", "model": "efficientnet-b0", "top1": 0.8261,
-             "eval_image_size": 32},
-            {"round": 2, "role": "student", "model": "efficientnet-b1", "top1": 0.8265,
-             "eval_image_size": 48}]
-  header, *rows = iterate.summary_table(rounds)
-  assert header.split() == ["round", "role", "model", "size", "top-1", "%", "vs", "teacher",
-                            "vs", "round", "0"]
-  assert [row.split() for row in rows] == [
-      ["0", "teacher", "efficientnet-b0", "32", "81.60"],
-      # Round 2 against its own teacher (round 1: +0.04), and against round 0 (+1.05).
-      ["1", "student", "efficientnet-b0", "32", "82.61", "+1.01", "+1.01"],
-      ["2", "student", "efficientnet-b1", "48", "82.65", "+0.04", "+1.05"]]
-  # Columns line up under the header.
-  assert {len(row) for row in rows[1:]} == {len(header)}
-
-
-def _fashion_mnist_benchmark():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("fashion_mnist_benchmark",
-                                                ROOT / "benchmarks" / "fashion_mnist.py")
-  benchmark = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(benchmark)
-  return benchmark
-
-
-def test_benchmark_reads_a_recipe_as_main_py_parses_it(tmp_path, monkeypatch):
-  """benchmarks/fashion_mnist.py derives its controls' budgets from --recipe's flags: through
-  --flagfile includes, the last setting winning, as absl's parse of the same file gives them."""
-  benchmark = _fashion_mnist_benchmark()
-  monkeypatch.chdir(ROOT)  # includes are relative to the repository root, for both readers
-  recipe = tmp_path / "longer.flags"
-  recipe.write_text("--flagfile=recipes/fashion_mnist_demo.flags\n--student_epochs=180\n"
-                    "--workdir=workdir/benchmark_3x\n")
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["main.py", f"--flagfile={recipe}"])
-  for name in ("student_epochs", "workdir", "iterations", "unlabeled_batch_ratio",
-               "warmup_epochs", "student_init"):
-    parsed, written = flags.FLAGS[name].value, benchmark.recipe_value(str(recipe), name)
-    # Per-round flags are lists: one entry here.
-    assert (written.split(",") if isinstance(parsed, list) else type(parsed)(written)) == parsed
-  assert flags.FLAGS.student_epochs == ["180"] and flags.FLAGS.iterations == 1  # override
-  with pytest.raises(KeyError, match="--lr_decay_epochs"):
-    benchmark.recipe_value(str(recipe), "lr_decay_epochs")  # main.py's default: set nowhere
-  assert benchmark.lr_decay_epochs(str(recipe)) == flags.FLAGS.lr_decay_epochs
-  recipe.write_text(recipe.read_text() + "--lr_decay_epochs=3.5\n")  # now set: the recipe's
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["main.py", f"--flagfile={recipe}"])
-  assert benchmark.lr_decay_epochs(str(recipe)) == flags.FLAGS.lr_decay_epochs == 3.5
-
-
-def test_benchmark_refuses_to_continue_results_of_other_settings(tmp_path):
-  """A rerun skips the seeds results.json holds, so it continues only results of the same
-  settings: an edited recipe at the same path is refused, naming what changed."""
-  benchmark = _fashion_mnist_benchmark()
-  recipe = tmp_path / "mine.flags"
-  recipe.write_text("# a comment\n--flagfile=recipes/fashion_mnist_demo.flags\n"
-                    "--student_epochs=90\n")
-  results_name = str(tmp_path / "results.json")
-  results = benchmark.load_results(results_name, str(recipe))
-  assert results["recipe_settings"]["student_epochs"] == "90"
-  assert results["recipe_settings"]["iterations"] == "1"  # the demo's, through its include
-  results["seed0"] = {"top1": {"teacher": 0.8}}
-  (tmp_path / "results.json").write_text(json.dumps(results))
-  assert benchmark.load_results(results_name, str(recipe))["seed0"] == results["seed0"]
-  recipe.write_text(recipe.read_text() + "--iterations=1\n")  # restates the demo's: same run
-  assert benchmark.load_results(results_name, str(recipe))["seed0"] == results["seed0"]
-  recipe.write_text(recipe.read_text().replace("=90", "=150"))
-  with pytest.raises(SystemExit, match=r"results.json .*\(student_epochs: \['90'\] -> "
-                     r"\['150'\]\): give another --workdir"):
-    benchmark.load_results(results_name, str(recipe))
-  # Written otherwise, the same run: main.py parses these as the recorded "--nocutout", "--flip"
-  # and "--confidence_threshold=0.3", and --lr_decay_factor=0.97 as its default, left unset.
-  settings = {**results["recipe_settings"], "student_epochs": "150"}
-  results["recipe_settings"] = settings
-  (tmp_path / "results.json").write_text(json.dumps(results))
-  assert {"nocutout": "", "flip": "", "confidence_threshold": "0.3"}.items() <= settings.items()
-  written = {name: value for name, value in settings.items()
-             if name not in ("nocutout", "flip", "confidence_threshold")}
-  written.update(cutout="false", flip="true", confidence_threshold="0.30", lr_decay_factor="0.97")
-  recipe.write_text("".join(f"--{name}={value}\n" if value else f"--{name}\n"
-                            for name, value in written.items()))
-  assert benchmark.load_results(results_name, str(recipe))["seed0"] == results["seed0"]
-  recipe.write_text(recipe.read_text().replace("--cutout=false", "--cutout"))
-  with pytest.raises(SystemExit, match=r"\(cutout: False -> True\)"):
-    benchmark.load_results(results_name, str(recipe))
-  del results["recipe_settings"]  # written before settings were recorded: cannot be checked
-  (tmp_path / "results.json").write_text(json.dumps(results))
-  with pytest.raises(SystemExit, match="it recorded none"):
-    benchmark.load_results(results_name, str(recipe))
-
-
-def test_iterate_refuses_to_resume_a_workdir_under_other_settings(tmp_path, caplog):
-  """A rerun may continue a run (same settings, or more rounds) but not reuse the finished
-  phases of a run with other settings; a workdir from before the settings file only warns."""
-  from noisy_student.phases import iterate  # pylint: disable=g-import-not-at-top
-  b0, b1 = ({"student": {"model": m, "unlabeled_batch_ratio": 1.0}} for m in
-            ("efficientnet-b0", "efficientnet-b1"))
-  settings = {"teacher_config": {"epochs": 100, "seed": 0}, "rounds": [b0],
-              "filter_args": {"threshold": 0.3}, "labeled_data": "data/labeled"}
-  iterate.check_settings(str(tmp_path), settings)
-  iterate.check_settings(str(tmp_path), settings)  # the same command again: resumes
-  more_rounds = dict(settings, rounds=[b0, b1])
-  iterate.check_settings(str(tmp_path), more_rounds)
-  iterate.check_settings(str(tmp_path), settings)  # fewer rounds: a prefix of the run
-  recorded = json.loads((tmp_path / iterate.SETTINGS).read_text())
-  assert recorded["rounds"] == [b0, b1]
-  changed = dict(settings, teacher_config={"epochs": 20, "seed": 0},
-                 filter_args={"threshold": 0.5})
-  with pytest.raises(ValueError) as raised:
-    iterate.check_settings(str(tmp_path), changed)
-  message = str(raised.value)
-  assert str(tmp_path) in message
-  assert "teacher_config.epochs: 100 -> 20" in message
-  assert "filter_args.threshold: 0.3 -> 0.5" in message and "seed" not in message
-  with pytest.raises(ValueError, match=r"round 1 student.model: 'efficientnet-b0' -> "
-                     r"'efficientnet-b2'"):
-    iterate.check_settings(str(tmp_path), dict(settings, rounds=[
-        {"student": {"model": "efficientnet-b2", "unlabeled_batch_ratio": 1.0}}]))
-  with pytest.raises(ValueError, match=r"round 2 student.unlabeled_batch_ratio: 1.0 -> 2.0"):
-    iterate.check_settings(str(tmp_path), dict(settings, rounds=[
-        b0, {"student": {"model": "efficientnet-b1", "unlabeled_batch_ratio": 2.0}}]))
-  assert json.loads((tmp_path / iterate.SETTINGS).read_text()) == recorded  # left as it was
-
-  older = tmp_path / "older"
-  (older / "iter_0" / "train").mkdir(parents=True)
-  (older / "iter_0" / "train" / iterate.DONE).write_text("{}")
-  with caplog.at_level("WARNING"):
-    iterate.check_settings(str(older), settings)
-  assert "without checking" in caplog.text
-  assert json.loads((older / iterate.SETTINGS).read_text()) == settings
-
-
 @pytest.mark.parametrize("teacher_noise", [True, False])
 def test_iterate_teacher_noise_off_leaves_the_students_noised(monkeypatch, teacher_noise):
   """--noteacher_noise: the first teacher trains without RandAugment, Cutout, dropout or
@@ -517,42 +266,6 @@ def test_a_flag_the_mode_does_not_read_is_an_error_unless_a_recipe_sets_it(tmp_p
                    f"--input={tmp_path / 'missing'}", f"--output={tmp_path / 'out'}")
   assert result.returncode != 0 and "is not read by" not in result.stderr
   assert "missing" in result.stderr
-
-
-def test_benchmark_true_label_copy_keeps_images_and_order_and_only_fixes_labels(tmp_path):
-  """The benchmark's true-label control: the filter's shards record for record (keys, image
-  bytes, copies, order) with each label replaced by the hidden true one, one-hot."""
-  from data import records  # pylint: disable=g-import-not-at-top
-  benchmark = _fashion_mnist_benchmark()
-  truth = {f"k{i}".encode(): i % 3 for i in range(6)}
-  unlabeled = tmp_path / "unlabeled"
-  unlabeled.mkdir()
-  records.write_atomically(str(unlabeled / "u-0.tfrecord"), [
-      records.make_example(key=k, image=b"img" + k, label=v) for k, v in truth.items()])
-  filtered = tmp_path / "filter"
-  filtered.mkdir()
-  shards = {"train-00000-of-00002.tfrecord": [b"k0", b"k1", b"k1"],
-            "train-00001-of-00002.tfrecord": [b"k5", b"k2"]}
-  for name, keys in shards.items():
-    records.write_atomically(str(filtered / name), [
-        records.make_example(key=k, image=b"img" + k, label=2, probabilities=[0.1, 0.2, 0.7],
-                             confidence=0.7) for k in keys])
-  (filtered / "manifest.json").write_text(json.dumps({"num_classes": 3, "splits": {"train": {
-      "num_examples": 5, "class_counts": [0, 0, 5], "shards": sorted(shards),
-      "source": {"type": "filter"}}}}))
-  out = benchmark.true_label_copy(str(filtered), str(unlabeled), str(tmp_path / "true"), 3)
-  for name, keys in shards.items():
-    got = [tf.train.Example.FromString(r).features.feature
-           for r in tf.data.TFRecordDataset(str(tmp_path / "true" / name)).as_numpy_iterator()]
-    assert [f[records.KEY].bytes_list.value[0] for f in got] == keys
-    assert [f[records.ENCODED].bytes_list.value[0] for f in got] == [b"img" + k for k in keys]
-    assert [f[records.LABEL].int64_list.value[0] for f in got] == [truth[k] for k in keys]
-    for feature, key in zip(got, keys):
-      np.testing.assert_array_equal(feature[records.PROBABILITIES].float_list.value,
-                                    np.eye(3)[truth[key]])
-  manifest = json.loads((tmp_path / "true" / "manifest.json").read_text())
-  assert manifest["splits"]["train"]["class_counts"] == [1, 2, 2]  # k0; k1 k1; k5 k2
-  assert out == str(tmp_path / "true")
 
 
 def _listed_flags(help_text):
