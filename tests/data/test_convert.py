@@ -277,51 +277,6 @@ def test_convert_fashion_mnist_full_round_trips(tmp_path):
   _check_fashion_mnist(tmp_path, (None, None))
 
 
-def test_a_constant_channel_keeps_its_scale_instead_of_normalising_to_nan():
-  """std 0 (a channel that never varies) would make (x - mean) / std NaN for every image."""
-  from data import manifest  # pylint: disable=g-import-not-at-top
-  from data import preprocess  # pylint: disable=g-import-not-at-top
-  stats = manifest.PixelStats()
-  rng = np.random.default_rng(0)
-  for _ in range(3):
-    pixels = rng.integers(0, 256, (4, 4, 3), np.uint8)
-    pixels[..., 1:] = 9  # green and blue constant
-    stats.add(*manifest.image_statistics(pixels))
-  mean, std = stats.mean_std()
-  assert std[1:] == [1.0, 1.0] and std[0] > 1 and mean[1:] == [9.0, 9.0]
-  config = preprocess.PreprocessConfig(image_size=4, mean=tuple(mean), std=tuple(std))
-  assert np.isfinite(preprocess.normalize(pixels, config).numpy()).all()
-
-
-def test_a_dev_split_alone_leaves_every_other_image_labeled(tmp_path):
-  """SVHN's recipe: --validation_per_class without --labeled_per_class holds out a seeded,
-  class-balanced dev split; every other image is labeled and there is no unlabeled pool."""
-  from data import subsets  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  labels = np.repeat(np.arange(3), 7)
-  np.savez(tmp_path / "train.npz", images=rng.integers(0, 256, (21, 8, 8, 3), np.uint8),
-           labels=labels)
-  convert.convert("npz", str(tmp_path / "train.npz"), str(tmp_path / "all"), split="train",
-                  num_shards=2)
-  counts = subsets.split_labeled(str(tmp_path / "all"), str(tmp_path / "out"), per_class=None,
-                                 validation_per_class=2, seed=4, num_shards=1)
-  assert counts == {"labeled": 15, "validation": 6}
-  assert not (tmp_path / "out" / "unlabeled").exists()
-  keys = {name: set(_split_keys(tmp_path / "out" / name)) for name in counts}
-  assert not keys["labeled"] & keys["validation"]
-  assert len(keys["labeled"] | keys["validation"]) == 21
-  manifest = json.loads((tmp_path / "out" / "validation" / "manifest.json").read_text())
-  assert manifest["splits"]["validation"]["class_counts"] == [2, 2, 2]
-
-
-def _split_keys(directory):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  spec = {"image/key": tf.io.FixedLenFeature([], tf.string)}
-  return [tf.io.parse_single_example(r, spec)["image/key"].numpy()
-          for path in sorted(directory.glob("*.tfrecord"))
-          for r in tf.data.TFRecordDataset(str(path))]
-
-
 def _jpeg(array):
   buffer = io.BytesIO()
   Image.fromarray(array).save(buffer, format="JPEG", quality=90)
