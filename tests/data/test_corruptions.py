@@ -189,6 +189,7 @@ def test_corruption_is_deterministic_given_a_seed(name):
     assert not np.array_equal(first, _apply(name, images, 3, seed=[8, 1]))
 
 
+# Oracle: the module's own eager call (two paths agree: tf.data = eager); against NumPy: above.
 def test_corruptions_run_inside_tf_data_as_eagerly():
   images = _textured(batch=2)
   seed = tf.constant([3, 4])

@@ -78,6 +78,7 @@ def test_small_image_eval_is_identity_and_resizes_other_sizes():
   np.testing.assert_allclose(got, expected, atol=1e-3)
 
 
+# Oracle: its own eager call (two paths agree: tf.data = eager); against NumPy: the crop tests.
 @pytest.mark.parametrize("config", [
     preprocess.PreprocessConfig(32, small_image=True, cutout=True, flip=False),
     preprocess.PreprocessConfig(32, small_image=True, randaugment_layers=2,
@@ -141,3 +142,20 @@ def test_large_image_train_falls_back_to_the_eval_crop_when_sampling_fails():
   config = preprocess.PreprocessConfig(16, flip=False)
   got = preprocess.train_transform(_encode(pixels), tf.constant([3, 4]), config)
   np.testing.assert_allclose(got, preprocess.eval_transform(_encode(pixels), config), atol=1e-5)
+
+
+SIZE = 16  # the size eval's path gives; the images are 12-64 pixels a side
+
+
+# Oracle: its own eval_pixels (two paths agree: served pixels = eval's decoded file); against NumPy:
+# test_eval_transform_center_crop_matches_numpy_restatement.
+@pytest.mark.parametrize("small_image", [False, True])
+def test_eval_image_pixels_is_eval_pixels_of_the_decoded_file(small_image):
+  """The uint8 endpoint's preprocessing against eval's, on lossless files of other sizes."""
+  config = preprocess.PreprocessConfig(image_size=SIZE, small_image=small_image)
+  rng = np.random.default_rng(1)
+  for height, width in ((SIZE, SIZE), (12, 40), (33, 17), (64, 64)):
+    pixels = rng.integers(0, 256, (height, width, 3), np.uint8)
+    encoded = tf.io.encode_png(pixels)
+    np.testing.assert_array_equal(preprocess.eval_image_pixels(tf.constant(pixels), config),
+                                  preprocess.eval_pixels(encoded, config))

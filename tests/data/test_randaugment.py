@@ -329,6 +329,7 @@ def test_randaugment_is_seeded():
   assert len({o.tobytes() for o in outputs}) > 1
 
 
+# Oracle: the module's own eager call (two paths agree: tf.data = eager); against PIL: above.
 def test_randaugment_in_tf_data_matches_eager_with_dynamic_shapes():
   images = [_noise(32, 32, seed=1), _noise(36, 20, seed=2), _noise(24, 40, seed=3)]
 

@@ -239,6 +239,7 @@ def _logits(backend, path):
   return np.load(path)
 
 
+# Oracle: the same model on TensorFlow (two backends agree); published counts: the first test.
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                     reason="JAX is not installed (not a requirement)")
 def test_jax_backend_computes_the_same_logits_and_trains(tmp_path):

@@ -73,12 +73,14 @@ def _assert_same_predictions(got_dir, want_dir, prediction_records, atol):
   assert metrics[0]["loss"] == pytest.approx(metrics[1]["loss"], abs=atol * 10)
 
 
+# Oracle: the project's plain path (two paths agree: XLA = no XLA).
 def test_jit_compiled_predict_and_eval_equal_the_uncompiled(data, prediction_records):
   plain = _predict_and_eval(data, "plain", "--nojit_compile")
   xla = _predict_and_eval(data, "xla", "--jit_compile")
   _assert_same_predictions(xla, plain, prediction_records, XLA_ATOL)
 
 
+# Oracle: the project's float32 path (two paths agree: bfloat16 = float32 within its tolerance).
 def test_bfloat16_predict_and_eval_stay_float32_and_near_float32(data, prediction_records):
   plain = _predict_and_eval(data, "plain32", "--mixed_precision=none")
   mixed = _predict_and_eval(data, "bfloat16", "--mixed_precision=bfloat16")
@@ -106,6 +108,7 @@ def _weights(workdir):
   return {w.path: np.asarray(w) for w in model.weights}
 
 
+# Oracle: the project's plain path (two paths agree: XLA = no XLA).
 @pytest.mark.slow  # ~25-50 s; XLA is off by default on CPUs (the predict/eval XLA test stays)
 def test_jit_compiled_training_equals_the_uncompiled(data):
   root = data["root"]
@@ -161,6 +164,7 @@ for args, expected_error in json.loads(sys.argv[1]):
 """
 
 
+# Oracle: the project's one-device path (two paths agree: two replicas = one device).
 def test_mirrored_predict_and_eval_equal_one_device(data, prediction_records):
   """Two replicas of 4 images each per batch of 8; the last batches run padded. XLA over logical
   CPU devices cannot run (XLA puts every CPU program on the first device): a clear error."""

@@ -182,6 +182,7 @@ def _assert_same_predictions(resumed, reference, undecodable):
   _assert_no_temporary_is_read(resumed)
 
 
+# Oracle: the same predict uninterrupted (two paths agree: killed and resumed = uninterrupted).
 def test_predict_killed_after_its_first_shard_resumes_identically(predict_inputs,
                                                                   predict_reference, tmp_path):
   root, undecodable = predict_inputs
@@ -197,6 +198,7 @@ def test_predict_killed_after_its_first_shard_resumes_identically(predict_inputs
   _assert_same_predictions(output, predict_reference, undecodable)
 
 
+# Oracle: the same predict uninterrupted (two paths agree: killed and resumed = uninterrupted).
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(4))
 def test_predict_killed_at_random_points_resumes_identically(predict_inputs, predict_reference,
@@ -257,6 +259,7 @@ def _filter_args(root, output):
           "--images_per_class=9000", "--confidence_threshold=0.4", "--num_shards=4", "--seed=5"]
 
 
+# Oracle: the same filter uninterrupted (two paths agree: killed and rerun = uninterrupted).
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_point", ["spill", "first_shard", "manifest", "stats", "random"])
 def test_filter_killed_at_each_point_reruns_identically(filter_inputs, tmp_path, kill_point):
@@ -299,6 +302,7 @@ def _train_args(root, workdir):
           *TINY_MODEL]
 
 
+# Oracle: the same train uninterrupted (two paths agree: killed and resumed = uninterrupted).
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_point", ["first_backup", "while_saving_a_backup",
                                         "before_the_final_model"])

@@ -224,6 +224,8 @@ def test_beam_workers_that_install_the_package_by_setup_file_run_the_pipeline(in
   assert len(list((tmp_path / "beam" / "predict").glob("unlabeled-*.tfrecord"))) == 2
 
 
+# Oracle: main.py's own --help (two entry points agree: noisy-student = python main.py).
+@pytest.mark.slow  # about 19 s; tests/test_main.py checks the help text itself by default
 def test_help_is_the_same_through_both_entry_points_and_exits_0(installed, tmp_path):
   """`noisy-student --help` printed only absl's usage line (exit 1): now both entry points print
   the modes and flags by section, or one mode's flags with --mode, and exit 0."""

@@ -31,6 +31,10 @@ from absl import flags
 import main
 from data import pipeline, preprocess, records
 
+# About 40 s (the recipe's whole pipeline on tiny .mat files); the plan's SVHN arithmetic is in
+# the default run (tests/noisy_student/training/test_plan.py).
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TEACHER = "--flagfile=recipes/svhn_teacher.flags"
 STUDENT = "--flagfile=recipes/svhn_student.flags"

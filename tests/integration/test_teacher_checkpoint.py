@@ -46,6 +46,8 @@ def data(tmp_path_factory):
   return root
 
 
+# Oracle: the project's own predict mode (two paths agree: iterate's predict = predict's).
+@pytest.mark.slow  # about 32 s: a whole iterate round; tests/integration/test_iterate.py runs iterate by default
 def test_iterate_starts_from_the_given_teacher_as_predict_uses_it(data, tmp_path,
                                                                   prediction_records):
   teacher = data / "teacher"
@@ -84,6 +86,7 @@ def test_iterate_starts_from_the_given_teacher_as_predict_uses_it(data, tmp_path
     run(*args, f"--teacher_checkpoint={teacher / 'model.keras'}")
 
 
+# Oracle: the project's own predict mode (two paths agree: iterate's predict = predict's).
 @pytest.mark.slow  # about 40 s: another iterate round
 def test_iterate_starts_from_a_reference_checkpoint_as_predict_uses_it(data, tmp_path,
                                                                        prediction_records):

@@ -276,6 +276,7 @@ def _start_and_kill(args, log, marker):
       process.wait()
 
 
+# Oracle: the project's own unskipped stream (two paths agree: skipped = tail of the full one).
 @pytest.mark.parametrize("stream", ["labeled", "pseudo_labeled"])
 def test_a_skipped_training_stream_is_the_tail_of_the_full_one(easy_data, stream):
   """What a resumed run reads: from example `skip` on, the same images with the same
@@ -299,6 +300,7 @@ def test_a_skipped_training_stream_is_the_tail_of_the_full_one(easy_data, stream
   assert not np.array_equal(images.numpy(), head.numpy())  # the skip skipped
 
 
+# Oracle: the same run uninterrupted (two paths agree: killed and resumed = uninterrupted).
 def test_killed_run_resumes_to_the_uninterrupted_weights_slots_shadows_and_step(
     easy_data, default_run, tmp_path, monkeypatch):
   reference_dir, reference, _ = default_run

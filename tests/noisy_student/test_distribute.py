@@ -160,6 +160,8 @@ def _assert_same_weights(got_dir, want_dir):
 
 
 # In the default run: the only check of training numerics over several devices.
+# Oracle: the project's one-device run (two paths agree: two replicas = one device); against a
+# hand-made expectation: test_every_training_task_reads_its_own_part_of_the_input.
 def test_mirrored_strategy_over_two_logical_cpus_equals_one_device(labeled, tmp_path):
   runs = [[*_train_args(labeled, tmp_path / strategy, strategy), *NO_NOISE]
           for strategy in ("mirrored", "cpu")]
@@ -232,8 +234,10 @@ def _rows_of_two_workers(labeled_dataset, rows_per_step):
   return rows
 
 
-# In the default run: Keras 3's fit needs workarounds under this strategy (train.py,
-# _fit_under_multi_worker) that a Keras upgrade may break.
+# Run it (-m slow) before any Keras upgrade: Keras 3's fit needs workarounds under this strategy
+# (train.py, _fit_under_multi_worker) that an upgrade may break.
+# Oracle: the project's one-device run on the same rows (two paths agree: two workers = one).
+@pytest.mark.slow  # about 35 s; the default run's guard of training under a strategy is the Mirrored test above
 def test_multi_worker_strategy_with_two_local_workers_trains_and_only_the_chief_writes(
     labeled, tmp_path, monkeypatch):
   workdir = tmp_path / "multi_worker"
@@ -250,6 +254,7 @@ def test_multi_worker_strategy_with_two_local_workers_trains_and_only_the_chief_
 
 
 # Slow (two clusters and a one-device run, about a minute).
+# Oracle: the project's one-device run (two paths agree: killed, resumed workers = one device).
 @pytest.mark.slow
 def test_multi_worker_run_killed_and_resumed_trains_on_what_one_device_trains_on(
     labeled, tmp_path, monkeypatch):

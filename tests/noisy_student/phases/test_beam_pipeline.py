@@ -136,6 +136,8 @@ def _compare(single, beamed, rule, num_shards, read):
   return stats[1]
 
 
+# Oracle: the project's own predict and filter phases (two paths agree: Beam = one machine);
+# against hand-made counts: test_balance_keeps_the_n_best_and_fills_a_short_class_by_hand.
 def test_beam_equals_single_machine_with_balancing_and_copies(inputs, tmp_path,
                                                               prediction_records):
   config = predict.PredictConfig(batch_size=8)
@@ -153,6 +155,7 @@ def test_beam_equals_single_machine_with_balancing_and_copies(inputs, tmp_path,
   assert not list(tmp_path.rglob(".tmp-*"))
 
 
+# Oracle: the project's own predict and filter phases (two paths agree: Beam = one machine).
 def test_main_beam_mode_top_k_without_balancing(inputs, tmp_path, prediction_records):
   _single_machine_predict(inputs, tmp_path / "single", predict.PredictConfig(top_k=2, batch_size=8))
   flags.FLAGS.unparse_flags()
@@ -167,3 +170,42 @@ def test_main_beam_mode_top_k_without_balancing(inputs, tmp_path, prediction_rec
   rule = filter_balance.FilterRule(threshold=0.5, images_per_class=None, seed=3)
   stats = _compare(tmp_path / "single", tmp_path / "beam", rule, 2, prediction_records)
   assert stats["soft_label"] == "top_k" and stats["totals"]["with_copies"] > 0
+
+
+def _balanced(label, best, rule):
+  """_Balance's kept (shard, record, copies) rows and its tagged class row."""
+  kept, tagged = [], []
+  balance = beam_pipeline._Balance(NUM_CLASSES, rule)  # pylint: disable=protected-access
+  for out in balance.process((label, best)):
+    if isinstance(out, beam.pvalue.TaggedOutput):
+      tagged.append(out.value)
+    else:
+      shard, (record, copies) = out
+      kept.append((shard, record, copies))
+  return kept, tagged
+
+
+def test_balance_keeps_the_n_best_and_fills_a_short_class_by_hand():
+  """A record id is shard << 40 | record (the shard index in the bits above the record's);
+  Top.PerKey hands each class its N best as (confidence, -id)."""
+  rule = filter_balance.FilterRule(threshold=0.3, images_per_class=5, duplicate=True, seed=1)
+  ids = [(1 << 40) + 7, 3]  # shard 1 record 7, shard 0 record 3
+  kept, tagged = _balanced(2, [(0.9, -ids[0]), (0.8, -ids[1])], rule)
+  # Two records filled to 5: 5 = 2 + 3, one copy more for one of them (the seed says which).
+  assert sorted((shard, record) for shard, record, _ in kept) == [(0, 3), (1, 7)]
+  assert sorted(copies for _, _, copies in kept) == [2, 3]
+  assert tagged == [(2, 2, 5)]
+  best = [(0.9 - i / 10, -(i << 40)) for i in range(5)]  # already cut to 5: each kept once
+  kept, tagged = _balanced(0, best, rule)
+  assert sorted(kept) == [(i, 0, 1) for i in range(5)] and tagged == [(0, 5, 5)]
+
+
+def test_shard_counts_add_up_whatever_the_grouping():
+  rng = np.random.default_rng(7)
+  parts = [{"before": rng.integers(0, 9, NUM_CLASSES), "invalid_label": int(rng.integers(3))}
+           for _ in range(4)]
+  want = {"before": sum(p["before"] for p in parts).tolist(),
+          "invalid_label": sum(p["invalid_label"] for p in parts)}
+  add = beam_pipeline._add_counts  # pylint: disable=protected-access
+  for total in (add(parts), add([add(parts[:2]), add(parts[2:])]), add(parts[::-1])):
+    assert {"before": total["before"].tolist(), "invalid_label": total["invalid_label"]} == want

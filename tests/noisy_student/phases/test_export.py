@@ -119,6 +119,8 @@ def _serve_isolated(saved_model, pngs, files, cwd):
   return json.loads(result.stdout.splitlines()[-1])
 
 
+# Oracle: the project's own eval and predict (two paths agree: export = eval/predict); against
+# NumPy: test_the_pixels_endpoint_is_softmax_of_the_model_restated_in_numpy.
 def test_saved_model_without_the_repository_gives_evals_and_predicts_answers(
     trained, tmp_path, prediction_records):
   run("--mode=export", f"--checkpoint={trained / 'run'}", f"--output={tmp_path / 'export'}")
@@ -196,18 +198,6 @@ def test_class_names_of_another_length_is_an_error_naming_the_flag(trained, tmp_
   assert not (tmp_path / "x" / "saved_model").exists()
 
 
-@pytest.mark.parametrize("small_image", [False, True])
-def test_eval_image_pixels_is_eval_pixels_of_the_decoded_file(small_image):
-  """The uint8 endpoint's preprocessing against eval's, on lossless files of other sizes."""
-  config = preprocess.PreprocessConfig(image_size=SIZE, small_image=small_image)
-  rng = np.random.default_rng(1)
-  for height, width in ((SIZE, SIZE), (12, 40), (33, 17), (64, 64)):
-    pixels = rng.integers(0, 256, (height, width, 3), np.uint8)
-    encoded = tf.io.encode_png(pixels)
-    np.testing.assert_array_equal(preprocess.eval_image_pixels(tf.constant(pixels), config),
-                                  preprocess.eval_pixels(encoded, config))
-
-
 def test_the_printed_signatures_are_the_saved_models_and_readmes_names(tmp_path):
   import efficientnet  # pylint: disable=g-import-not-at-top
   model = efficientnet.build_model("efficientnet-b0", 2, image_size=SIZE, small_image=True,
@@ -222,3 +212,27 @@ def test_the_printed_signatures_are_the_saved_models_and_readmes_names(tmp_path)
   readme = (pathlib.Path(__file__).resolve().parents[3] / "README.md").read_text()
   for name in summary["signatures"]:
     assert f'signatures["{name}"]' in readme
+
+
+def test_the_pixels_endpoint_is_softmax_of_the_model_restated_in_numpy():
+  """The serving wrapper on a linear model: (pixels - mean) / std, x @ W + b, softmax, argmax and
+  its name, each restated in NumPy (small-image eval at its own size leaves the pixels as
+  they are)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(5)
+  size, names = 4, ["ant", "bee", "cat"]
+  inputs = keras.Input((size, size, 3))
+  model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+  mean, std = (120.0, 110.0, 100.0), (60.0, 50.0, 40.0)
+  prep = preprocess.PreprocessConfig(image_size=size, small_image=True, mean=mean, std=std)
+  serve = export.build_serving_models(model, prep, names)[export.PIXELS_ENDPOINT]
+  pixels = np.random.default_rng(6).integers(0, 256, (5, size, size, 3), np.uint8)
+  out = serve(tf.constant(pixels))
+  kernel, bias = model.layers[-1].get_weights()
+  logits = ((pixels - np.array(mean)) / np.array(std)).reshape(5, -1) @ kernel + bias
+  exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+  np.testing.assert_allclose(out["probabilities"], exp / exp.sum(axis=1, keepdims=True),
+                             rtol=0, atol=1e-5)
+  np.testing.assert_array_equal(out["class_index"], logits.argmax(axis=1))
+  assert [n.decode() for n in out["class_name"].numpy()] == [names[i] for i in
+                                                             logits.argmax(axis=1)]

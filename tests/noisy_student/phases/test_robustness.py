@@ -83,6 +83,8 @@ def _predicted_bright(images):
   return (np.asarray(images, np.float64).mean(axis=(-3, -2, -1)) > 127.5).astype(int)
 
 
+# Oracle: data/corruptions' eager corrupt (two paths agree: the tf.data loop = eager); against
+# independent ones: test_fgsm_matches_a_hand_computed_gradient_sign, the published figures.
 def test_corruption_errors_match_an_eager_recomputation():
   images, labels = _brightness_dataset()
   dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(5)  # last batch partial
@@ -97,6 +99,8 @@ def test_corruption_errors_match_an_eager_recomputation():
   assert result["num_examples"] == 12 and result["severities"] == [1, 5]
 
 
+# Oracle: corruptions.perturb and robustness.flip_rate, eagerly (two paths agree: the tf.data
+# loop = eager); flip_rate's own oracle: tests/noisy_student/test_robustness_metrics.py.
 def test_flip_rates_match_an_eager_recomputation():
   images, labels = _brightness_dataset()
   dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(6)

@@ -97,6 +97,8 @@ def runs(data):
   return data / "plain", data / "evaluated", ends, legends
 
 
+# Oracle: the same run without evaluations (two paths agree: with = without, to the bit).
+@pytest.mark.slow  # about 70 s with its sibling: two trainings
 def test_periodic_eval_leaves_training_bit_identical(runs):
   plain, evaluated, ends, _ = runs
   history, expected = _json(evaluated / "history.json"), _json(plain / "history.json")
@@ -120,6 +122,7 @@ def test_periodic_eval_leaves_training_bit_identical(runs):
   assert _json(evaluated / "metrics.json") == _json(plain / "metrics.json")
 
 
+@pytest.mark.slow  # shares the two trainings above
 def test_periodic_eval_points_are_per_keras_epoch_and_end_at_the_saved_model(runs):
   _, evaluated, _, legends = runs
   history, metrics = _json(evaluated / "history.json"), _json(evaluated / "metrics.json")
