@@ -18,6 +18,8 @@ epsilon 1e-3), softmax cross-entropy from logits, one fixed batch:
   keras      keras.applications.EfficientNetB0(weights=None), the same fit;
   ours_keras_bn  (only on request) ours with keras.layers.BatchNormalization in place of
              efficientnet.blocks.BatchNormalization (the fused kernel): the change measured;
+  ours_xla   (only on request) ours compiled with jit_compile=True (XLA on the CPU; Keras'
+             "auto" leaves XLA off on CPU-only machines, as the train phase does);
   timm       `tf_efficientnet_b0`'s builder (TF "same" padding), channels-last, torch's RMSprop,
              a plain zero_grad/backward/step loop (benchmarks/timm_speed_worker.py).
 Inference: ours and keras `predict_on_batch`, timm eval mode under `torch.inference_mode()`.
@@ -59,7 +61,7 @@ NUM_CLASSES = 10
 DROPOUT = 0.2
 DROP_PATH = 0.2
 LEARNING_RATE = 1e-3  # irrelevant to speed; small so that random data keeps the loss finite
-FRAMEWORKS = ("ours", "project", "keras", "timm", "ours_keras_bn")
+FRAMEWORKS = ("ours", "project", "keras", "timm", "ours_keras_bn", "ours_xla")
 
 # name: (label, mode, image size, batch, width, depth, steps a window, labeled rows)
 CASES = {
@@ -126,6 +128,8 @@ class KerasRunner:
     labels = rng.integers(0, NUM_CLASSES, batch)
     self.parameters = sum(int(np.prod(v.shape)) for v in self.model.trainable_variables)
     if case["mode"] != "train":
+      if which == "ours_xla":
+        self.model.compile(jit_compile=True)
       self.run(1)  # trace
       return
     if which == "project":
@@ -135,7 +139,7 @@ class KerasRunner:
       self.model.compile(
           optimizer=keras.optimizers.RMSprop(LEARNING_RATE, rho=0.9, momentum=0.9, epsilon=1e-3),
           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-          steps_per_execution=steps_per_execution)
+          steps_per_execution=steps_per_execution, jit_compile=which == "ours_xla")
     self.dataset = tf.data.Dataset.from_tensors((self.images, labels)).repeat()
     self.run(case["warmup"])  # trace, warm up
 

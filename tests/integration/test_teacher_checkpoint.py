@@ -47,7 +47,8 @@ def data(tmp_path_factory):
 
 
 # Oracle: the project's own predict mode (two paths agree: iterate's predict = predict's).
-@pytest.mark.slow  # about 32 s: a whole iterate round; tests/integration/test_iterate.py runs iterate by default
+# Slow (about 32 s, a whole iterate round); tests/integration/test_iterate.py runs iterate by default.
+@pytest.mark.slow
 def test_iterate_starts_from_the_given_teacher_as_predict_uses_it(data, tmp_path,
                                                                   prediction_records):
   teacher = data / "teacher"

@@ -237,7 +237,8 @@ def _rows_of_two_workers(labeled_dataset, rows_per_step):
 # Run it (-m slow) before any Keras upgrade: Keras 3's fit needs workarounds under this strategy
 # (train.py, _fit_under_multi_worker) that an upgrade may break.
 # Oracle: the project's one-device run on the same rows (two paths agree: two workers = one).
-@pytest.mark.slow  # about 35 s; the default run's guard of training under a strategy is the Mirrored test above
+# Slow (about 35 s): the default run's guard of training under a strategy is the Mirrored test.
+@pytest.mark.slow
 def test_multi_worker_strategy_with_two_local_workers_trains_and_only_the_chief_writes(
     labeled, tmp_path, monkeypatch):
   workdir = tmp_path / "multi_worker"
