@@ -6,6 +6,8 @@ import os
 import numpy as np
 import pytest
 
+from tests import bright_channel
+
 
 @pytest.fixture
 def plot_labels(monkeypatch):
@@ -51,10 +53,7 @@ def bright_channel_shards():
   from data import convert  # pylint: disable=g-import-not-at-top
 
   def make(root, split, n, seed, num_shards, unlabeled=False):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, n)
-    images = rng.integers(0, 60, (n, 16, 16, 3)).astype(np.uint8)
-    images[np.arange(n), :, :, labels] += 180
+    images, labels = bright_channel.images(n, seed)
     np.savez(root / f"{split}.npz", images=images, labels=labels)
     convert.convert("npz", str(root / f"{split}.npz"), str(root / split), split=split,
                     num_shards=num_shards, unlabeled=unlabeled)

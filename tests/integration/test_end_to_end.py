@@ -9,6 +9,7 @@ import tensorflow as tf
 from absl import flags
 
 import main
+from tests import bright_channel
 
 TINY_MODEL = ["--small_image", "--image_size=16", "--width_coefficient=0.1",
               "--depth_coefficient=0.1"]
@@ -24,20 +25,11 @@ def run(*args):
 CLASS_NAMES = ["red", "green", "blue"]  # what tells the classes of `_images` apart
 
 
-def _images(n, seed):
-  """Three classes a small network learns in a few steps: which channel is bright."""
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, 3, n)
-  images = rng.integers(0, 60, (n, 16, 16, 3)).astype(np.uint8)
-  images[np.arange(n), :, :, labels] += 180
-  return images, labels
-
-
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
   root = tmp_path_factory.mktemp("data")
   for split, n, seed in (("labeled", 48, 1), ("unlabeled", 72, 2), ("test", 30, 3)):
-    images, labels = _images(n, seed)
+    images, labels = bright_channel.images(n, seed)
     np.savez(root / f"{split}.npz", images=images, labels=labels)
     run("--mode=convert", "--source=npz", f"--input={root / split}.npz",
         f"--output={root / split}", f"--split={split}", "--num_shards=2",

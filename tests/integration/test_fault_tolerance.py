@@ -28,6 +28,7 @@ import main
 from data import convert
 from data import pipeline
 from data import records
+from tests import bright_channel
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY_MODEL = ["--small_image", "--image_size=16", "--width_coefficient=0.1",
@@ -37,17 +38,8 @@ PREDICT_SHARDS = 6
 RUN_TIMEOUT_S = 600  # a loaded 2-core machine runs a tiny training in about 30 s
 
 
-def _images(n, seed):
-  """Three classes a small network learns in a few steps: which channel is bright."""
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, NUM_CLASSES, n)
-  images = rng.integers(0, 60, (n, 16, 16, 3)).astype(np.uint8)
-  images[np.arange(n), :, :, labels] += 180
-  return images, labels
-
-
 def _convert(root, split, n, seed, num_shards, unlabeled=False):
-  images, labels = _images(n, seed)
+  images, labels = bright_channel.images(n, seed)
   np.savez(root / f"{split}.npz", images=images, labels=labels)
   convert.convert("npz", str(root / f"{split}.npz"), str(root / split), split=split,
                   num_shards=num_shards, unlabeled=unlabeled)

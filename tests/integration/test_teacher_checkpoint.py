@@ -8,6 +8,7 @@ import pytest
 from absl import flags
 
 import main
+from tests import bright_channel
 
 TINY_MODEL = ["--small_image", "--image_size=16", "--width_coefficient=0.1",
               "--depth_coefficient=0.1"]
@@ -22,21 +23,12 @@ def run(*args):
   main.main(["main.py"])
 
 
-def _images(n, seed):
-  """Three classes told apart by the bright channel."""
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, 3, n)
-  images = rng.integers(0, 60, (n, 16, 16, 3)).astype(np.uint8)
-  images[np.arange(n), :, :, labels] += 180
-  return images, labels
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
   """Converted tiny splits and a teacher trained on them."""
   root = tmp_path_factory.mktemp("teacher_checkpoint")
   for split, n, seed in (("labeled", 48, 1), ("unlabeled", 40, 2), ("test", 30, 3)):
-    images, labels = _images(n, seed)
+    images, labels = bright_channel.images(n, seed)
     np.savez(root / f"{split}.npz", images=images, labels=labels)
     run("--mode=convert", "--source=npz", f"--input={root / split}.npz",
         f"--output={root / split}", f"--split={split}", "--num_shards=2",
