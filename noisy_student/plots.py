@@ -29,19 +29,36 @@ def _tick_style(labels):
   return {"rotation": 45, "ha": "right"} if slanted else {}
 
 
+# Above this many classes a plot of one bar or panel per class is drawn another way (pooled, or
+# classes ranked by their value): 1,000 ImageNet panels take minutes to draw and a bar chart of
+# 1,000 classes is a PNG 50,000 pixels wide, at the end of a phase that ran for hours.
+MAX_CLASSES_APART = 50
+
+
 def confidence_histograms(histogram, path, *, threshold=None, class_names=None):
-  """Per class: how confident the teacher was on the images it assigned to that class.
+  """Per class: how confident the teacher was on the images it assigned to that class; with
+  more than MAX_CLASSES_APART classes, one histogram of all classes pooled.
 
   Args:
     histogram: counts [C, bins] over equal confidence bins of [0, 1].
   """
   histogram = np.asarray(histogram)
   num_classes, bins = histogram.shape
+  edges = np.linspace(0, 1, bins + 1)
+  if num_classes > MAX_CLASSES_APART:
+    figure, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(edges[:-1], histogram.sum(axis=0), width=1 / bins, align="edge", color="tab:blue")
+    if threshold:
+      ax.axvline(threshold, color="tab:red", linewidth=1)
+    ax.set_xlabel("teacher confidence")
+    ax.set_ylabel("images")
+    ax.set_title(f"teacher confidence, all {num_classes} predicted classes pooled "
+                 "(red: threshold)", fontsize=9)
+    return _save(figure, path)
   columns = min(5, num_classes)
   rows = int(np.ceil(num_classes / columns))
   figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.0 * rows), squeeze=False,
                               sharex=True)
-  edges = np.linspace(0, 1, bins + 1)
   for c, ax in enumerate(axes.flat):
     if c >= num_classes:
       ax.axis("off")
@@ -55,10 +72,25 @@ def confidence_histograms(histogram, path, *, threshold=None, class_names=None):
   return _save(figure, path)
 
 
+def _ranked(ax, values_by_label, ylabel):
+  """Each series sorted descending against the class's rank: many classes on one small axis."""
+  for label, values in values_by_label:
+    ax.plot(np.arange(1, len(values) + 1), np.sort(np.asarray(values))[::-1], label=label)
+  ax.set_xlabel("class rank (each series sorted on its own)")
+  ax.set_ylabel(ylabel)
+
+
 def class_counts(before, after, path, *, labels=("after threshold", "kept (with copies)"),
                  class_names=None):
-  """Grouped bars: images per class before and after balancing."""
+  """Grouped bars: images per class before and after balancing; with more than
+  MAX_CLASSES_APART classes, each count's classes ranked instead."""
   before, after = np.asarray(before), np.asarray(after)
+  if len(before) > MAX_CLASSES_APART:
+    figure, ax = plt.subplots(figsize=(5, 3))
+    _ranked(ax, [(labels[0], before), (labels[1], after)], "images")
+    ax.legend(fontsize=8)
+    ax.set_title(f"pseudo-labeled images per class, {len(before)} classes ranked", fontsize=9)
+    return _save(figure, path)
   x = np.arange(len(before))
   figure, ax = plt.subplots(figsize=(max(4, 0.5 * len(x) + 2), 3))
   ax.bar(x - 0.2, before, 0.4, label=labels[0])
@@ -73,9 +105,16 @@ def class_counts(before, after, path, *, labels=("after threshold", "kept (with 
 
 def per_class_accuracy(accuracy_by_class, path, *, title="per-class top-1"):
   """Bars of top-1 per class; `accuracy_by_class` is keyed by what the axis shows, the class
-  name (or its index as a string, for classes without names)."""
+  name (or its index as a string, for classes without names). With more than
+  MAX_CLASSES_APART classes, the classes ranked by their top-1."""
   keys = list(accuracy_by_class)
   values = [accuracy_by_class[k] for k in keys]
+  if len(keys) > MAX_CLASSES_APART:
+    figure, ax = plt.subplots(figsize=(5, 3))
+    _ranked(ax, [("top-1", values)], "top-1")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{title}, {len(keys)} classes ranked", fontsize=9)
+    return _save(figure, path)
   ticks = [str(k) for k in keys]
   figure, ax = plt.subplots(figsize=(max(4, 0.45 * len(keys) + 2), 3))
   ax.bar(range(len(keys)), values, color="tab:green")
@@ -88,7 +127,7 @@ def per_class_accuracy(accuracy_by_class, path, *, title="per-class top-1"):
 # Above this many classes a confusion matrix is drawn without its counts, and above
 # MAX_NAMED_CLASSES without class names: they would no longer be legible.
 MAX_ANNOTATED_CLASSES = 20
-MAX_NAMED_CLASSES = 50
+MAX_NAMED_CLASSES = MAX_CLASSES_APART
 
 
 def confusion_matrix(matrix, path, *, class_names=None):
