@@ -269,10 +269,17 @@ def table_lines(results, seeds=None):
       if "validation" in differences and differences["validation"]:
         difference += f" ({_difference_cell(differences['validation'], metric)})"
       paper = PAPER.get(study, "-")
+      # Both arms over the same seeds: while a study is still running, the seeds it has done.
+      done = [seed for seed in seeds if None not in (arm_metric(runs, seed, a, metric, "test"),
+                                                     arm_metric(runs, seed, b, metric, "test"))]
+      verdict = direction(differences)
+      if 0 < len(done) < len(seeds):
+        verdict += f" - {len(done)} of {len(seeds)} seeds so far"
+      row_seeds = done or seeds
       lines.append(f"| {label} (`--study {study}`) | {paper} "
-                   f"| {a}: {_cell(runs, seeds, a, metric)} "
-                   f"| {b}: {_cell(runs, seeds, b, metric)} | {difference} "
-                   f"| {direction(differences)} | {_notes(results, study, seeds)} |")
+                   f"| {a}: {_cell(runs, row_seeds, a, metric)} "
+                   f"| {b}: {_cell(runs, row_seeds, b, metric)} | {difference} "
+                   f"| {verdict} | {_notes(results, study, row_seeds)} |")
   return lines + cost_lines(results, seeds)
 
 
