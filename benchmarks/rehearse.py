@@ -32,6 +32,7 @@ import math
 import os
 import resource
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -356,6 +357,9 @@ def run_recipe(runner, recipe, workdir, args, memory):
   shape = shape_of(recipe)
   data = os.path.join(workdir, "data")
   out = os.path.join(workdir, "runs", recipe.name)
+  # A rerun starts clean: the phases refuse a finished run's workdir that other settings made
+  # (a fine-tune from the student where the last one, the student failing, was from the teacher).
+  shutil.rmtree(out, ignore_errors=True)
   print(f"\n== phases: {recipe.name} ({recipe.student}.flags): {json.dumps(shape)}", flush=True)
   runner.results[f"{recipe.name}/shape"] = shape
   paths = data_flags(recipe, data)
@@ -405,9 +409,10 @@ def run_recipe(runner, recipe, workdir, args, memory):
       if recipe.imagenet else {}
   kept = step("filter", "filter", [f"--predictions={out}/predict", f"--output={out}/pseudo"],
               filter_counts, recipe.student)
-  if kept and kept["rc"] and recipe.imagenet:
+  if kept and kept["rc"] == 0 and recipe.imagenet and _kept_records(f"{out}/pseudo") == 0:
     # A freshly initialised teacher is about 1/1000 sure of every image: the recipe's
-    # threshold keeps none. Shape-neutral: rerun it keeping every prediction.
+    # threshold keeps none (the filter succeeds, the student then refuses an empty set).
+    # Shape-neutral: rerun it keeping every prediction.
     step("filter_threshold_0", "filter",
          [f"--predictions={out}/predict", f"--output={out}/pseudo"],
          {**filter_counts, "--confidence_threshold": "0 (a 1-step teacher's confidence is "
@@ -429,6 +434,15 @@ def run_recipe(runner, recipe, workdir, args, memory):
        recipe.student)
   runner.results[f"{recipe.name}/facts"] = run_facts(out)
   runner.save()
+
+
+def _kept_records(pseudo_dir):
+  """Records the filter wrote (its stats.json), None when it wrote no stats."""
+  path = os.path.join(pseudo_dir, "stats.json")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)["totals"]["with_copies"]
 
 
 def run_facts(out):
