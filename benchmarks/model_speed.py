@@ -26,7 +26,9 @@ Inference: ours and keras `predict_on_batch`, timm eval mode under `torch.infere
 
 Every side is built and warmed up once per case, then timed windows of tens of steps alternate
 between the sides (--repeats rounds; the median counts), so load from other jobs on a shared
-machine falls on all of them alike: compare the ratio columns.
+machine falls on all of them alike: compare the ratio columns. A training window of ours and
+keras is the steps inside one `fit` call (a batch-end callback's clock), as timm's is its bare
+loop: fit's own start and end are not a step's cost (benchmarks/RESULTS.md, issue 30).
 
 timm runs in its own long-lived subprocess (this process never imports torch), with --timm_path
 (default $TIMM_PATH) put in front of its sys.path; timm imports torchvision at import time, so
@@ -121,6 +123,8 @@ class KerasRunner:
   def __init__(self, which, case, steps_per_execution=1):
     keras.utils.set_random_seed(0)
     self.case = case
+    # The project step compiles as train.py does (one step an execution).
+    self.steps_per_execution = 1 if which == "project" else steps_per_execution
     self.model = build_keras_model(which, case)
     rng = np.random.default_rng(0)
     size, batch = case["image_size"], case["batch"]
@@ -144,13 +148,25 @@ class KerasRunner:
     self.run(case["warmup"])  # trace, warm up
 
   def run(self, steps):
-    """Wall seconds, and this process's CPU seconds (all its threads)."""
-    start, cpu = time.perf_counter(), time.process_time()
+    """Wall seconds, and this process's CPU seconds (all its threads), of `steps` steps.
+
+    Training: the steps between the end of a first execution (steps_per_execution steps) and the
+    end of the last one inside one `fit` call, as timm's window times its loop and as a run of hours sees
+    them: fit's own start and end (iterator, callbacks, measured up to seconds a call) are not a
+    training step's cost.
+    """
     if self.case["mode"] == "train":
-      self.model.fit(self.dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
-    else:
-      for _ in range(steps):
-        self.model.predict_on_batch(self.images)
+      marks = []
+      stamp = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: marks.append(
+          (time.perf_counter(), time.process_time())))
+      # Keras calls the callback once per execution of steps_per_execution steps.
+      self.model.fit(self.dataset, steps_per_epoch=steps + self.steps_per_execution, epochs=1,
+                     verbose=0, shuffle=False, callbacks=[stamp])
+      (start, cpu), (end, cpu_end) = marks[0], marks[-1]
+      return end - start, cpu_end - cpu
+    start, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+      self.model.predict_on_batch(self.images)
     return time.perf_counter() - start, time.process_time() - cpu
 
   def window(self):
@@ -274,6 +290,10 @@ def parse_args(argv=None):
   args = parser.parse_args(argv)
   if args.repeats < 1 or (args.steps is not None and args.steps < 1):
     parser.error("--repeats and --steps must be >= 1")
+  uneven = [c for c in args.cases if (args.steps or CASES[c][6]) % args.steps_per_execution]
+  if args.steps_per_execution < 1 or uneven:
+    parser.error(f"--steps_per_execution={args.steps_per_execution} must be >= 1 and divide "
+                 f"the steps of a window (cases {', '.join(uneven)})")
   return args
 
 
