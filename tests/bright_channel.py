@@ -13,3 +13,13 @@ def images(n, seed):
   pixels = rng.integers(0, 60, (n, 16, 16, 3)).astype(np.uint8)
   pixels[np.arange(n), :, :, labels] += 180
   return pixels, labels
+
+
+def converted(root, split, n, seed, num_shards, unlabeled=False):
+  """root/split: n such images converted (npz -> TFRecord shards) under `split`."""
+  from data import convert  # pylint: disable=g-import-not-at-top  (TensorFlow, on first use)
+  pixels, labels = images(n, seed)
+  np.savez(root / f"{split}.npz", images=pixels, labels=labels)
+  convert.convert("npz", str(root / f"{split}.npz"), str(root / split), split=split,
+                  num_shards=num_shards, unlabeled=unlabeled)
+  return root / split

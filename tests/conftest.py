@@ -50,15 +50,7 @@ def bright_channel_shards():
   """convert(root, split, n, seed, num_shards, unlabeled=False) -> the converted directory of n
   16x16 images in three classes a tiny network tells apart in a few steps: which channel is
   bright."""
-  from data import convert  # pylint: disable=g-import-not-at-top
-
-  def make(root, split, n, seed, num_shards, unlabeled=False):
-    images, labels = bright_channel.images(n, seed)
-    np.savez(root / f"{split}.npz", images=images, labels=labels)
-    convert.convert("npz", str(root / f"{split}.npz"), str(root / split), split=split,
-                    num_shards=num_shards, unlabeled=unlabeled)
-    return root / split
-  return make
+  return bright_channel.converted
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,6 @@ from PIL import Image
 
 import efficientnet
 import main
-from data import convert
 from data import pipeline
 from data import records
 from tests import bright_channel
@@ -36,14 +35,6 @@ TINY_MODEL = ["--small_image", "--image_size=16", "--width_coefficient=0.1",
 NUM_CLASSES = 3
 PREDICT_SHARDS = 6
 RUN_TIMEOUT_S = 600  # a loaded 2-core machine runs a tiny training in about 30 s
-
-
-def _convert(root, split, n, seed, num_shards, unlabeled=False):
-  images, labels = bright_channel.images(n, seed)
-  np.savez(root / f"{split}.npz", images=images, labels=labels)
-  convert.convert("npz", str(root / f"{split}.npz"), str(root / split), split=split,
-                  num_shards=num_shards, unlabeled=unlabeled)
-  return root / split
 
 
 def _truncated_jpeg():
@@ -135,7 +126,7 @@ def _assert_no_temporary_is_read(directory):
 def predict_inputs(tmp_path_factory):
   """Unlabeled shards with one undecodable image, and a tiny untrained teacher."""
   root = tmp_path_factory.mktemp("predict")
-  unlabeled = _convert(root, "unlabeled", 72, 2, PREDICT_SHARDS, unlabeled=True)
+  unlabeled = bright_channel.converted(root, "unlabeled", 72, 2, PREDICT_SHARDS, unlabeled=True)
   undecodable = _replace_image(pipeline.resolve_shards(str(unlabeled))[0], 2, _truncated_jpeg())
   model = efficientnet.build_model("efficientnet-b0", NUM_CLASSES, small_image=True,
                                    image_size=16, width_coefficient=0.1, depth_coefficient=0.1)
@@ -281,7 +272,7 @@ def test_filter_killed_at_each_point_reruns_identically(filter_inputs, tmp_path,
 @pytest.fixture(scope="module")
 def train_inputs(tmp_path_factory):
   root = tmp_path_factory.mktemp("train")
-  _convert(root, "labeled", 48, 1, 2)
+  bright_channel.converted(root, "labeled", 48, 1, 2)
   reference = root / "uninterrupted"
   _run(_train_args(root, reference), root / "uninterrupted.log")
   return root, json.loads((reference / "history.json").read_text())
@@ -331,7 +322,7 @@ def test_train_killed_resumes_from_its_backup_to_the_same_final_step(train_input
 @pytest.mark.slow
 def test_iterate_resumes_at_the_phase_where_it_stopped(tmp_path):
   for split, n, seed in (("labeled", 48, 1), ("unlabeled", 72, 2), ("test", 30, 3)):
-    _convert(tmp_path, split, n, seed, 2, unlabeled=split == "unlabeled")
+    bright_channel.converted(tmp_path, split, n, seed, 2, unlabeled=split == "unlabeled")
   workdir = tmp_path / "iterate"
   args = ["--mode=iterate", "--iterations=1", f"--workdir={workdir}",
           f"--labeled_data={tmp_path / 'labeled'}", f"--unlabeled_data={tmp_path / 'unlabeled'}",
