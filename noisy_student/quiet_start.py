@@ -5,8 +5,8 @@ file descriptor 2 pointed at a temporary file, then writes what they printed to 
 less the lines of `NOISE`: TensorFlow's C++ start-up lines, written before absl's log is
 initialised, so that no TF_CPP_MIN_LOG_LEVEL, ABSL_MIN_LOG_LEVEL or GLOG_minloglevel silences
 them (measured: tests/noisy_student/test_quiet_start.py), and the lines of a machine without a
-GPU. Any other line is passed on, in order: a GPU or TPU machine's own lines stay. The same patterns drop
-TensorFlow's and Keras' Python log records and warnings that say nothing to a user
+GPU. Any other line is passed on, in order: a GPU or TPU machine's own lines stay. The same
+patterns drop TensorFlow's and Keras' Python log records and warnings that say nothing to a user
 (`install_filters`), for the whole process.
 """
 
