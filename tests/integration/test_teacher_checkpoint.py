@@ -96,7 +96,10 @@ def test_iterate_starts_from_a_reference_checkpoint_as_predict_uses_it(data, tmp
   tf.raw_ops.SaveV2(prefix=prefix, tensor_names=sorted(values),
                     shape_and_slices=[""] * len(values),
                     tensors=[tf.constant(values[n]) for n in sorted(values)])
-  reference = ["--checkpoint_format=reference", "--num_classes=3", *TINY_MODEL]
+  # A reference checkpoint is seen at its variant's resolution (b0's 224) unless
+  # --inference_image_size names another: this one was trained at 16.
+  reference = ["--checkpoint_format=reference", "--num_classes=3", "--inference_image_size=16",
+               *TINY_MODEL]
   run("--mode=predict", f"--checkpoint={prefix}", f"--unlabeled_data={data / 'unlabeled'}",
       f"--output={tmp_path / 'predict'}", "--normalization=imagenet", *reference)
   workdir = tmp_path / "iterate"
