@@ -215,7 +215,9 @@ def test_beam_workers_that_install_the_package_by_setup_file_run_the_pipeline(in
   options = ["--runner=PortableRunner", "--job_endpoint=embed",
              "--environment_type=beam:env:harness_subprocess_python:v1",
              f"--environment_config={worker}", f"--setup_file={installed.source / 'setup.py'}"]
+  # A bare .keras file (no train run beside it) must name its normalisation.
   installed.run([installed.command, "--mode=beam", "--checkpoint=teacher.keras",
+                 "--normalization=imagenet",
                  "--unlabeled_data=unlabeled", "--output=beam", "--images_per_class=2",
                  "--confidence_threshold=0", "--num_shards=1",
                  f"--beam_options={','.join(options)}"], tmp_path)
