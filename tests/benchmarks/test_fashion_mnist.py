@@ -8,18 +8,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
+from tests.benchmarks import script
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _fashion_mnist_benchmark():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("fashion_mnist_benchmark",
-                                                ROOT / "benchmarks" / "fashion_mnist.py")
-  benchmark = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(benchmark)
-  return benchmark
+  return script.load("fashion_mnist", "fashion_mnist_benchmark")
 
 
 def test_benchmark_reads_a_recipe_as_main_py_parses_it(tmp_path, monkeypatch):

@@ -1,25 +1,19 @@
 """benchmarks/fashion_mnist_studies.py: the replication table from a hand-made studies.json, the
 out-of-domain split against a NumPy restatement, and the split written to shards."""
 
-import importlib.util
 import json
 import pathlib
 import statistics
-import sys
 
 import numpy as np
 import pytest
+from tests.benchmarks import script
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _studies():
-  sys.path.insert(0, str(ROOT / "benchmarks"))
-  spec = importlib.util.spec_from_file_location("fashion_mnist_studies",
-                                                ROOT / "benchmarks" / "fashion_mnist_studies.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return script.load("fashion_mnist_studies")
 
 
 def _row(lines, flag):

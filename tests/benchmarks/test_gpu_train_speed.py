@@ -2,22 +2,18 @@
 CI can check without a GPU (the efficientnet package imports no TensorFlow at import time)."""
 
 import ast
-import importlib.util
 import pathlib
 import subprocess
 import sys
 
 import pytest
+from tests.benchmarks import script
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _script():
-  spec = importlib.util.spec_from_file_location("gpu_train_speed",
-                                                ROOT / "benchmarks" / "gpu_train_speed.py")
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
-  return script
+  return script.load("gpu_train_speed")
 
 
 def _result(rate, **extra):

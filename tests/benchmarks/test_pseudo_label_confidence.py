@@ -1,23 +1,17 @@
 """benchmarks/pseudo_label_confidence.py: the confidences read back from prediction shards equal
 the ones written (protobuf built here, not by the project's writer)."""
 
-import importlib.util
-import pathlib
 
 import numpy as np
 import tensorflow as tf
 
 from data import records
+from tests.benchmarks import script
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _script():
-  spec = importlib.util.spec_from_file_location(
-      "pseudo_label_confidence", ROOT / "benchmarks" / "pseudo_label_confidence.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return script.load("pseudo_label_confidence")
 
 
 def test_confidences_are_every_record_of_every_shard(tmp_path):
