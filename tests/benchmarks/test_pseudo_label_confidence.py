@@ -1,13 +1,11 @@
 """benchmarks/pseudo_label_confidence.py: the confidences read back from prediction shards equal
 the ones written (protobuf built here, not by the project's writer)."""
 
-
 import numpy as np
 import tensorflow as tf
 
 from data import records
 from tests.benchmarks import script
-
 
 
 def _script():
